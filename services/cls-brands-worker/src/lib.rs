@@ -1,0 +1,1 @@
+//! cls-brands-worker

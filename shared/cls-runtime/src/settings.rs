@@ -1,0 +1,252 @@
+//! Typed settings, read from the environment once in `main` (SPEC §7 lists the variables).
+//! Nothing below `main` reads the environment; tests build [`Settings`] directly.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// A secret value (token, key): printed as `***` so it never lands in a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Which CLS process this is; picks defaults such as the ops port and names connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceKind {
+    Gateway,
+    Query,
+    BrandsWorker,
+    LicensesWorker,
+    ActivationsWorker,
+}
+
+impl ServiceKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceKind::Gateway => "gateway",
+            ServiceKind::Query => "query",
+            ServiceKind::BrandsWorker => "brands-worker",
+            ServiceKind::LicensesWorker => "licenses-worker",
+            ServiceKind::ActivationsWorker => "activations-worker",
+        }
+    }
+
+    fn default_ops_port(self) -> u16 {
+        match self {
+            ServiceKind::Gateway => 9100,
+            ServiceKind::Query => 9101,
+            ServiceKind::BrandsWorker => 9102,
+            ServiceKind::LicensesWorker => 9103,
+            ServiceKind::ActivationsWorker => 9104,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Everything a CLS process can be configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `CLS_DATABASE_URL`.
+    pub database_url: String,
+    /// `CLS_REDIS_URL`.
+    pub redis_url: String,
+    /// `CLS_AMQP_URL`.
+    pub amqp_url: String,
+    /// `CLS_NAMESPACE`: prefix of every AMQP name and Redis key.
+    pub namespace: String,
+    /// `CLS_HTTP_ADDR`: the gateway's public address.
+    pub http_addr: SocketAddr,
+    /// `CLS_QUERY_ADDR`: the query service's internal address.
+    pub query_addr: SocketAddr,
+    /// `CLS_QUERY_URL`: where the gateway finds the query service (default `http://<query_addr>`).
+    pub query_url: String,
+    /// `CLS_OPS_ADDR`: this process's ops listener (health, readiness, metrics).
+    pub ops_addr: SocketAddr,
+    /// `CLS_ADMIN_TOKEN`: none means every admin call answers 401.
+    pub admin_token: Option<Secret>,
+    /// `CLS_SECRET_KEY`: seals secrets inside stored command outcomes.
+    pub secret_key: Secret,
+    /// `CLS_INTERNAL_TOKEN`: the credential the gateway presents to the query service.
+    pub internal_token: Secret,
+    /// `CLS_REPLY_TIMEOUT_MS`: how long the gateway waits for a worker's reply before 202.
+    pub reply_timeout: Duration,
+    /// `CLS_SHUTDOWN_TIMEOUT_MS`: the bound on draining in-flight work at shutdown.
+    pub shutdown_timeout: Duration,
+    /// `CLS_DB_POOL_SIZE`: Postgres connections per process.
+    pub db_pool_size: u32,
+    /// `CLS_WORKER_CONCURRENCY`: commands a worker handles at once (also its prefetch).
+    pub worker_concurrency: u16,
+    /// `CLS_LOG_FORMAT`: `text` (default) or `json`.
+    pub log_format: LogFormat,
+}
+
+impl Settings {
+    /// Local defaults for `kind`, with the two secrets given (tests and `cls up` use this).
+    pub fn local(kind: ServiceKind, secret_key: Secret, internal_token: Secret) -> Self {
+        let query_addr: SocketAddr = "127.0.0.1:8081".parse().expect("literal address");
+        Settings {
+            database_url: "postgres://postgres@127.0.0.1:5432/cls".into(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            namespace: "cls".into(),
+            http_addr: "127.0.0.1:8080".parse().expect("literal address"),
+            query_addr,
+            query_url: format!("http://{query_addr}"),
+            ops_addr: SocketAddr::from(([127, 0, 0, 1], kind.default_ops_port())),
+            admin_token: None,
+            secret_key,
+            internal_token,
+            reply_timeout: Duration::from_millis(5000),
+            shutdown_timeout: Duration::from_secs(10),
+            db_pool_size: 8,
+            worker_concurrency: 16,
+            log_format: LogFormat::Text,
+        }
+    }
+
+    /// Reads the environment (see the field docs for the variables). Fails with a clear message on
+    /// a malformed value or a missing required secret.
+    pub fn from_env(kind: ServiceKind) -> anyhow::Result<Self> {
+        Self::from_lookup(kind, |name| std::env::var(name).ok())
+    }
+
+    /// [`Settings::from_env`] over any lookup, so the parsing is testable.
+    pub fn from_lookup(kind: ServiceKind, get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        let secret_key = match get("CLS_SECRET_KEY") {
+            Some(v) if v.len() >= 16 => Secret::new(v),
+            Some(_) => bail!("CLS_SECRET_KEY must be at least 16 characters"),
+            None => bail!("CLS_SECRET_KEY is not set (`cls up` generates one for local use)"),
+        };
+        let internal_token = match get("CLS_INTERNAL_TOKEN") {
+            Some(v) if v.len() >= 16 => Secret::new(v),
+            Some(_) => bail!("CLS_INTERNAL_TOKEN must be at least 16 characters"),
+            None => bail!("CLS_INTERNAL_TOKEN is not set (`cls up` generates one for local use)"),
+        };
+        let mut s = Settings::local(kind, secret_key, internal_token);
+        if let Some(v) = get("CLS_DATABASE_URL") {
+            s.database_url = v;
+        }
+        if let Some(v) = get("CLS_REDIS_URL") {
+            s.redis_url = v;
+        }
+        if let Some(v) = get("CLS_AMQP_URL") {
+            s.amqp_url = v;
+        }
+        if let Some(v) = get("CLS_NAMESPACE") {
+            if !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') || v.len() > 64 {
+                bail!("CLS_NAMESPACE must be 1-64 characters of a-z, A-Z, 0-9, '-' and '_'");
+            }
+            s.namespace = v;
+        }
+        if let Some(v) = get("CLS_HTTP_ADDR") {
+            s.http_addr = v.parse().with_context(|| format!("CLS_HTTP_ADDR {v:?} is not host:port"))?;
+        }
+        if let Some(v) = get("CLS_QUERY_ADDR") {
+            s.query_addr = v.parse().with_context(|| format!("CLS_QUERY_ADDR {v:?} is not host:port"))?;
+            s.query_url = format!("http://{}", s.query_addr);
+        }
+        if let Some(v) = get("CLS_QUERY_URL") {
+            s.query_url = v.trim_end_matches('/').to_owned();
+        }
+        if let Some(v) = get("CLS_OPS_ADDR") {
+            s.ops_addr = v.parse().with_context(|| format!("CLS_OPS_ADDR {v:?} is not host:port"))?;
+        }
+        s.admin_token = get("CLS_ADMIN_TOKEN").map(Secret::new);
+        if let Some(v) = get("CLS_REPLY_TIMEOUT_MS") {
+            s.reply_timeout = Duration::from_millis(parse_num(&v, "CLS_REPLY_TIMEOUT_MS", 1, 120_000)?);
+        }
+        if let Some(v) = get("CLS_SHUTDOWN_TIMEOUT_MS") {
+            s.shutdown_timeout = Duration::from_millis(parse_num(&v, "CLS_SHUTDOWN_TIMEOUT_MS", 1, 600_000)?);
+        }
+        if let Some(v) = get("CLS_DB_POOL_SIZE") {
+            s.db_pool_size = parse_num(&v, "CLS_DB_POOL_SIZE", 1, 500)? as u32;
+        }
+        if let Some(v) = get("CLS_WORKER_CONCURRENCY") {
+            s.worker_concurrency = parse_num(&v, "CLS_WORKER_CONCURRENCY", 1, 1000)? as u16;
+        }
+        if let Some(v) = get("CLS_LOG_FORMAT") {
+            s.log_format = match v.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => bail!("CLS_LOG_FORMAT must be text or json"),
+            };
+        }
+        Ok(s)
+    }
+}
+
+fn parse_num(v: &str, name: &str, min: u64, max: u64) -> anyhow::Result<u64> {
+    match v.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => bail!("{name} must be a whole number from {min} to {max}, got {v:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    const SECRETS: [(&str, &str); 2] =
+        [("CLS_SECRET_KEY", "0123456789abcdef0123"), ("CLS_INTERNAL_TOKEN", "internal-token-123456")];
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let s = Settings::from_lookup(ServiceKind::Gateway, env(&SECRETS)).unwrap();
+        assert_eq!(s.database_url, "postgres://postgres@127.0.0.1:5432/cls");
+        assert_eq!(s.namespace, "cls");
+        assert_eq!(s.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.reply_timeout, Duration::from_millis(5000));
+        assert!(s.admin_token.is_none());
+    }
+
+    #[test]
+    fn missing_secret_key_is_refused() {
+        let err = Settings::from_lookup(ServiceKind::Query, env(&SECRETS[1..])).unwrap_err();
+        assert!(err.to_string().contains("CLS_SECRET_KEY"));
+    }
+
+    #[test]
+    fn malformed_values_are_refused_with_the_variable_name() {
+        let mut pairs = SECRETS.to_vec();
+        pairs.push(("CLS_REPLY_TIMEOUT_MS", "soon"));
+        let err = Settings::from_lookup(ServiceKind::Gateway, env(&pairs)).unwrap_err();
+        assert!(err.to_string().contains("CLS_REPLY_TIMEOUT_MS"));
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Settings::from_lookup(ServiceKind::Gateway, env(&SECRETS)).unwrap();
+        let printed = format!("{s:?}");
+        assert!(!printed.contains("0123456789abcdef0123"));
+        assert!(!printed.contains("internal-token-123456"));
+    }
+}

@@ -1,0 +1,64 @@
+//! Audit entries: one row per applied change, written in the change's transaction, never edited.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::error::StoreError;
+
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct AuditEntry {
+    pub id: Uuid,
+    pub brand_id: Option<Uuid>,
+    /// `api_key`, `admin`, `license_key` or `system`.
+    pub actor_kind: String,
+    pub actor_id: Option<String>,
+    pub action: String,
+    pub target_type: String,
+    pub target_id: Uuid,
+    pub request_id: Option<String>,
+    pub command_id: Option<Uuid>,
+    pub status_before: Option<String>,
+    pub status_after: Option<String>,
+    pub reason: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+pub async fn append(conn: &mut PgConnection, entries: &[AuditEntry]) -> Result<(), StoreError> {
+    for e in entries {
+        sqlx::query(
+            "INSERT INTO audit_entries (id, brand_id, actor_kind, actor_id, action, target_type, target_id, request_id,
+                                        command_id, status_before, status_after, reason, at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(e.id)
+        .bind(e.brand_id)
+        .bind(&e.actor_kind)
+        .bind(&e.actor_id)
+        .bind(&e.action)
+        .bind(&e.target_type)
+        .bind(e.target_id)
+        .bind(&e.request_id)
+        .bind(e.command_id)
+        .bind(&e.status_before)
+        .bind(&e.status_after)
+        .bind(&e.reason)
+        .bind(e.at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// A target's entries, newest first.
+pub async fn list_for_target(conn: &mut PgConnection, target_id: Uuid, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
+    Ok(sqlx::query_as::<_, AuditEntry>(
+        "SELECT id, brand_id, actor_kind, actor_id, action, target_type, target_id, request_id, command_id,
+                status_before, status_after, reason, at
+         FROM audit_entries WHERE target_id = $1 ORDER BY at DESC, id DESC LIMIT $2",
+    )
+    .bind(target_id)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}

@@ -1,0 +1,138 @@
+//! The command inbox: one row per command a worker has taken on, holding its stored outcome.
+//!
+//! The row is claimed first in the command's transaction. A concurrent duplicate delivery waits
+//! on the row lock, then finds the committed outcome and replays it; a command that was
+//! dead-lettered (`failed`) may be claimed again when an operator replays it.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::error::StoreError;
+
+pub struct NewCommand<'a> {
+    pub command_id: Uuid,
+    pub module: &'a str,
+    pub command_type: &'a str,
+    pub principal: &'a str,
+    pub request_hash: &'a str,
+    pub request_id: &'a str,
+    pub received_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct StoredCommand {
+    pub command_id: Uuid,
+    pub principal: String,
+    pub request_hash: String,
+    pub state: String,
+    pub response_status: Option<i16>,
+    pub response_body: Option<Vec<u8>>,
+    pub response_sealed: bool,
+}
+
+impl StoredCommand {
+    pub fn succeeded(&self) -> bool {
+        self.state == "succeeded"
+    }
+
+    pub fn failed(&self) -> bool {
+        self.state == "failed"
+    }
+}
+
+/// The result of trying to take a command on.
+#[derive(Debug)]
+pub enum Claim {
+    /// This transaction owns the command: do the work, then [`complete`].
+    Claimed,
+    /// The command was handled before (or is being handled and has now committed).
+    Existing(StoredCommand),
+}
+
+pub async fn claim(conn: &mut PgConnection, c: &NewCommand<'_>) -> Result<Claim, StoreError> {
+    let claimed: Option<Uuid> = sqlx::query_scalar(
+        "INSERT INTO inbox (command_id, module, command_type, principal, request_hash, request_id, state, received_at)
+         VALUES ($1, $2, $3, $4, $5, $6, 'processing', $7)
+         ON CONFLICT (command_id) DO UPDATE SET state = 'processing', failure = NULL
+             WHERE inbox.state = 'failed' AND inbox.request_hash = EXCLUDED.request_hash
+         RETURNING command_id",
+    )
+    .bind(c.command_id)
+    .bind(c.module)
+    .bind(c.command_type)
+    .bind(c.principal)
+    .bind(c.request_hash)
+    .bind(c.request_id)
+    .bind(c.received_at)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if claimed.is_some() {
+        return Ok(Claim::Claimed);
+    }
+    let existing = find(conn, c.command_id).await?.ok_or_else(|| {
+        StoreError::Fatal(sqlx::Error::Protocol("inbox row vanished between claim and read".into()))
+    })?;
+    Ok(Claim::Existing(existing))
+}
+
+/// Stores the outcome of a claimed command (same transaction as the claim).
+pub async fn complete(
+    conn: &mut PgConnection,
+    command_id: Uuid,
+    status: u16,
+    body: &[u8],
+    sealed: bool,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE inbox SET state = 'succeeded', response_status = $2, response_body = $3, response_sealed = $4,
+                          completed_at = $5
+         WHERE command_id = $1",
+    )
+    .bind(command_id)
+    .bind(status as i16)
+    .bind(body)
+    .bind(sealed)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records that a command was dead-lettered (its operation reads `failed`), unless it succeeded.
+pub async fn record_failure(conn: &mut PgConnection, c: &NewCommand<'_>, failure: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO inbox (command_id, module, command_type, principal, request_hash, request_id, state, failure,
+                            received_at, completed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, 'failed', $7, $8, $8)
+         ON CONFLICT (command_id) DO UPDATE SET state = 'failed', failure = EXCLUDED.failure, completed_at = $8
+             WHERE inbox.state <> 'succeeded'",
+    )
+    .bind(c.command_id)
+    .bind(c.module)
+    .bind(c.command_type)
+    .bind(c.principal)
+    .bind(c.request_hash)
+    .bind(c.request_id)
+    .bind(failure)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn find(conn: &mut PgConnection, command_id: Uuid) -> Result<Option<StoredCommand>, StoreError> {
+    Ok(sqlx::query_as::<_, StoredCommand>(
+        "SELECT command_id, principal, request_hash, state, response_status, response_body, response_sealed
+         FROM inbox WHERE command_id = $1",
+    )
+    .bind(command_id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Deletes completed rows older than `before` (retention, SPEC §6); returns how many.
+pub async fn purge(conn: &mut PgConnection, before: DateTime<Utc>) -> Result<u64, StoreError> {
+    Ok(sqlx::query("DELETE FROM inbox WHERE completed_at < $1").bind(before).execute(conn).await?.rows_affected())
+}

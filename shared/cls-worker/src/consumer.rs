@@ -1,0 +1,377 @@
+//! The command consumer: one transaction per command, commit → reply → ack.
+//!
+//! Per delivery: decode the envelope (undecodable or an unknown schema version → dead letter);
+//! claim the inbox row; a command seen before replays its stored outcome (or 422 for another
+//! request under the same id); otherwise run the module's use case inside a savepoint, so a
+//! rejection keeps only the inbox row with its problem outcome. Transient failures are retried
+//! in place with backoff (the delivery stays unacked, which also holds back the consumer through
+//! its prefetch); fatal ones are recorded as a failed operation and dead-lettered.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use cls_contracts::command::COMMAND_SCHEMA_VERSION;
+use cls_contracts::event::EVENT_SCHEMA_VERSION;
+use cls_contracts::{CommandEnvelope, EventEnvelope, Module, Problem, ProblemCode, Reply};
+use cls_runtime::secret::SecretBox;
+use cls_store::inbox::{self, Claim, NewCommand};
+use cls_store::{PgPool, audit, outbox};
+use futures_lite::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use sqlx::Acquire;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::command::{CommandContext, Dispatch, HandleError, Handled};
+
+/// How long a transient failure is retried in place before the delivery is handed back to the
+/// broker (which counts it toward the delivery limit).
+const RETRY_WINDOW: Duration = Duration::from_secs(120);
+
+/// What the consumer needs, shared by every in-flight command.
+pub struct CommandConsumer {
+    pub module: Module,
+    pub queue: String,
+    pub pool: PgPool,
+    pub dispatch: Dispatch,
+    pub secrets: SecretBox,
+    pub concurrency: u16,
+    pub consuming: Arc<AtomicBool>,
+    pub outcomes: Family<Vec<(String, String)>, Counter>,
+}
+
+enum Ack {
+    Ack,
+    /// Give it back to the broker (shutdown, or retries exhausted).
+    Requeue,
+    /// Dead-letter it.
+    Reject,
+}
+
+impl CommandConsumer {
+    /// Consumes until `shutdown`, re-opening the channel whenever it dies; then waits (bounded)
+    /// for in-flight commands to finish and ack.
+    pub async fn run(self: Arc<Self>, consume: Arc<Connection>, publish: Arc<Connection>, shutdown: CancellationToken, drain: Duration) {
+        let permits = Arc::new(Semaphore::new(self.concurrency as usize));
+        while !shutdown.is_cancelled() {
+            match self.consume_once(&consume, &publish, &permits, &shutdown).await {
+                Ok(()) => {}
+                Err(error) => {
+                    self.consuming.store(false, Ordering::Relaxed);
+                    tracing::warn!(queue = %self.queue, %error, "command consumer stopped; re-opening");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+        self.consuming.store(false, Ordering::Relaxed);
+        // In-flight commands hold permits; having them all back means everything was acked.
+        let all = self.concurrency as u32;
+        if tokio::time::timeout(drain, permits.acquire_many(all)).await.is_err() {
+            tracing::warn!(queue = %self.queue, "in-flight commands still running at the end of the shutdown bound");
+        }
+    }
+
+    async fn consume_once(
+        self: &Arc<Self>,
+        consume: &Connection,
+        publish: &Connection,
+        permits: &Arc<Semaphore>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let channel = consume.create_channel().await?;
+        channel.basic_qos(self.concurrency, BasicQosOptions::default()).await?;
+        let replies = publish.create_channel().await?;
+        let mut deliveries = channel
+            .basic_consume(self.queue.clone().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await?;
+        self.consuming.store(true, Ordering::Relaxed);
+        tracing::info!(queue = %self.queue, "consuming commands");
+        loop {
+            let delivery = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                next = deliveries.next() => match next {
+                    Some(Ok(delivery)) => delivery,
+                    Some(Err(e)) => return Err(e.into()),
+                    None => anyhow::bail!("the broker cancelled the consumer"),
+                },
+            };
+            let permit = permits.clone().acquire_owned().await.expect("semaphore never closed");
+            let this = self.clone();
+            let replies = replies.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                this.handle(delivery, &replies, &shutdown).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn handle(&self, delivery: Delivery, replies: &Channel, shutdown: &CancellationToken) {
+        let (ack, reply) = self.process(&delivery, shutdown).await;
+        if let (Some(reply), Some(reply_to)) = (reply, delivery.properties.reply_to().as_ref()) {
+            let mut properties = BasicProperties::default().with_content_type(cls_bus::MSGPACK.into());
+            if let Some(correlation) = delivery.properties.correlation_id() {
+                properties = properties.with_correlation_id(correlation.clone());
+            }
+            let payload = cls_contracts::encode(&reply);
+            // Direct reply-to is at-most-once; a lost reply becomes the gateway's 202.
+            if let Err(error) = replies
+                .basic_publish("".into(), reply_to.as_str().into(), BasicPublishOptions::default(), &payload, properties)
+                .await
+            {
+                tracing::warn!(%error, "could not send the reply");
+            }
+        }
+        let acked = match ack {
+            Ack::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
+            Ack::Requeue => delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await,
+            Ack::Reject => delivery.acker.reject(BasicRejectOptions { requeue: false }).await,
+        };
+        match acked {
+            Ok(true) => {}
+            // The channel died after we committed: the broker redelivers and the inbox replays.
+            Ok(false) => tracing::debug!("acknowledgement not sent: channel closed"),
+            Err(error) => tracing::warn!(%error, "acknowledgement failed"),
+        }
+    }
+
+    /// Decides the reply and what to tell the broker.
+    async fn process(&self, delivery: &Delivery, shutdown: &CancellationToken) -> (Ack, Option<Reply>) {
+        let envelope: CommandEnvelope = match cls_contracts::decode(&delivery.data) {
+            Ok(e) => e,
+            Err(error) => {
+                tracing::error!(queue = %self.queue, %error, "dead-lettering an undecodable command");
+                self.count("?", "dead_lettered");
+                return (Ack::Reject, None);
+            }
+        };
+        let command_type = envelope.command.routing_key();
+        let Ok(command_id) = envelope.command_id.parse::<Uuid>() else {
+            tracing::error!(command_type, "dead-lettering a command without a valid id");
+            self.count(command_type, "dead_lettered");
+            return (Ack::Reject, None);
+        };
+        let span = tracing::info_span!("command", %command_id, command_type, request_id = %envelope.request_id);
+        let _entered = span.enter();
+        if envelope.schema_version != COMMAND_SCHEMA_VERSION || envelope.command.module() != self.module {
+            let why = format!("schema version {} / module {:?} not handled here", envelope.schema_version, envelope.command.module());
+            return self.dead_letter(command_id, &envelope, &why).await;
+        }
+
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.transact(command_id, &envelope).await {
+                Ok(reply) => {
+                    self.count(command_type, if reply.replayed { "replayed" } else { "handled" });
+                    return (Ack::Ack, Some(reply));
+                }
+                Err(HandleError::Transient(error)) => {
+                    if shutdown.is_cancelled() || started.elapsed() > RETRY_WINDOW {
+                        tracing::warn!(error = format!("{error:#}"), "giving the command back to the broker");
+                        self.count(command_type, "requeued");
+                        return (Ack::Requeue, None);
+                    }
+                    tracing::warn!(error = format!("{error:#}"), retry_in = ?backoff, "transient failure; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(HandleError::Fatal(error)) => {
+                    return self.dead_letter(command_id, &envelope, &format!("{error:#}")).await;
+                }
+                Err(rejected @ HandleError::Rejected { .. }) => {
+                    unreachable!("rejections are stored outcomes, not errors: {rejected:?}")
+                }
+            }
+        }
+    }
+
+    /// Records the failed operation, answers 500 so the caller is not left waiting, and
+    /// dead-letters the delivery.
+    async fn dead_letter(&self, command_id: Uuid, envelope: &CommandEnvelope, why: &str) -> (Ack, Option<Reply>) {
+        tracing::error!(failure = why, "dead-lettering the command");
+        self.count(envelope.command.routing_key(), "dead_lettered");
+        let principal = envelope.principal.scope();
+        let record = NewCommand {
+            command_id,
+            module: self.module.as_str(),
+            command_type: envelope.command.routing_key(),
+            principal: &principal,
+            request_hash: &envelope.request_hash,
+            request_id: &envelope.request_id,
+            received_at: Utc::now(),
+        };
+        if let Ok(mut conn) = self.pool.acquire().await {
+            if let Err(error) = inbox::record_failure(&mut conn, &record, why, Utc::now()).await {
+                tracing::warn!(%error, "could not record the failed operation");
+            }
+        }
+        let problem = Problem::new(ProblemCode::Internal, "The command could not be processed.", &envelope.request_id);
+        let reply = Reply { command_id: command_id.to_string(), status: 500, body: problem.to_json(), replayed: false };
+        (Ack::Reject, Some(reply))
+    }
+
+    /// One attempt: the whole command in one transaction. Returns the reply to send.
+    async fn transact(&self, command_id: Uuid, envelope: &CommandEnvelope) -> Result<Reply, HandleError> {
+        let now = Utc::now();
+        let principal = envelope.principal.scope();
+        let record = NewCommand {
+            command_id,
+            module: self.module.as_str(),
+            command_type: envelope.command.routing_key(),
+            principal: &principal,
+            request_hash: &envelope.request_hash,
+            request_id: &envelope.request_id,
+            received_at: now,
+        };
+        let mut tx = self.pool.begin().await?;
+        match inbox::claim(&mut tx, &record).await? {
+            Claim::Existing(stored) => {
+                tx.commit().await?;
+                return Ok(self.replay(command_id, envelope, stored));
+            }
+            Claim::Claimed => {}
+        }
+        let context = CommandContext {
+            command_id,
+            request_id: envelope.request_id.clone(),
+            principal: envelope.principal.clone(),
+            now,
+            command: envelope.command.clone(),
+        };
+        let mut savepoint = (&mut tx).begin().await?;
+        let result = (self.dispatch)(&mut savepoint, &context).await;
+        let (status, body, secret) = match result {
+            Ok(handled) => {
+                savepoint.commit().await?;
+                let (status, body, secret) = (handled.status, handled.body.to_string(), handled.secret);
+                self.record_effects(&mut tx, &context, handled).await?;
+                (status, body, secret)
+            }
+            Err(HandleError::Rejected { code, detail, errors, extra }) => {
+                savepoint.rollback().await?;
+                let problem = Problem { errors, extra, ..Problem::new(code, detail, &envelope.request_id) };
+                (problem.status, problem.to_json(), false)
+            }
+            Err(other) => return Err(other),
+        };
+        let stored = if secret { self.secrets.seal(body.as_bytes()) } else { body.clone().into_bytes() };
+        inbox::complete(&mut tx, command_id, status, &stored, secret, now).await?;
+        tx.commit().await?;
+        Ok(Reply { command_id: command_id.to_string(), status, body, replayed: false })
+    }
+
+    /// Audit entries and outbox events, in the command's transaction.
+    async fn record_effects(&self, tx: &mut sqlx::PgConnection, context: &CommandContext, handled: Handled) -> Result<(), HandleError> {
+        let (actor_kind, actor_id) = match &context.principal {
+            cls_contracts::Principal::Admin => ("admin", None),
+            cls_contracts::Principal::ApiKey { api_key_id, .. } => ("api_key", Some(api_key_id.clone())),
+            cls_contracts::Principal::LicenseKey { .. } => ("license_key", None),
+        };
+        let entries: Vec<audit::AuditEntry> = handled
+            .audit
+            .into_iter()
+            .map(|a| audit::AuditEntry {
+                id: Uuid::now_v7(),
+                brand_id: a.brand_id,
+                actor_kind: actor_kind.to_owned(),
+                actor_id: actor_id.clone(),
+                action: a.action.to_owned(),
+                target_type: a.target_type.to_owned(),
+                target_id: a.target_id,
+                request_id: Some(context.request_id.clone()),
+                command_id: Some(context.command_id),
+                status_before: a.status_before,
+                status_after: a.status_after,
+                reason: a.reason,
+                at: context.now,
+            })
+            .collect();
+        audit::append(tx, &entries).await?;
+
+        let events: Vec<outbox::NewOutboxEvent> = handled
+            .events
+            .into_iter()
+            .map(|e| {
+                let event_id = Uuid::now_v7();
+                let event_type = e.event.event_type();
+                let envelope = EventEnvelope {
+                    id: event_id.to_string(),
+                    schema_version: EVENT_SCHEMA_VERSION,
+                    occurred_at: cls_contracts::format_time(context.now),
+                    brand_id: e.brand_id.map(|b| b.to_string()),
+                    aggregate_id: e.aggregate_id.to_string(),
+                    aggregate_version: e.aggregate_version,
+                    correlation_id: Some(context.request_id.clone()),
+                    causation_id: Some(context.command_id.to_string()),
+                    event: e.event,
+                };
+                outbox::NewOutboxEvent {
+                    event_id,
+                    event_type,
+                    aggregate_id: e.aggregate_id,
+                    aggregate_version: e.aggregate_version,
+                    payload: cls_contracts::encode(&envelope),
+                    correlation_id: Some(context.request_id.clone()),
+                }
+            })
+            .collect();
+        outbox::append(tx, &events).await?;
+        Ok(())
+    }
+
+    /// The reply for a command seen before.
+    fn replay(&self, command_id: Uuid, envelope: &CommandEnvelope, stored: inbox::StoredCommand) -> Reply {
+        let reply = |status: u16, body: String, replayed: bool| Reply { command_id: command_id.to_string(), status, body, replayed };
+        if stored.request_hash != envelope.request_hash {
+            let problem = Problem::new(
+                ProblemCode::IdempotencyKeyReused,
+                "This Idempotency-Key was already used with a different request.",
+                &envelope.request_id,
+            );
+            return reply(422, problem.to_json(), false);
+        }
+        match (stored.succeeded(), stored.response_status, stored.response_body) {
+            (true, Some(status), Some(body)) => {
+                let body = if stored.response_sealed {
+                    match self.secrets.open(&body) {
+                        Ok(plain) => plain,
+                        Err(error) => {
+                            tracing::error!(%error, "stored outcome cannot be opened; is CLS_SECRET_KEY the same everywhere?");
+                            let problem = Problem::new(ProblemCode::Internal, "The stored outcome cannot be read.", &envelope.request_id);
+                            return reply(500, problem.to_json(), false);
+                        }
+                    }
+                } else {
+                    body
+                };
+                reply(status as u16, String::from_utf8_lossy(&body).into_owned(), true)
+            }
+            // Dead-lettered before: its operation reads `failed`.
+            _ => {
+                let problem = Problem::new(ProblemCode::Internal, "The command could not be processed.", &envelope.request_id);
+                reply(500, problem.to_json(), true)
+            }
+        }
+    }
+
+    fn count(&self, command_type: &str, outcome: &str) {
+        self.outcomes
+            .get_or_create(&vec![("command".to_owned(), command_type.to_owned()), ("outcome".to_owned(), outcome.to_owned())])
+            .inc();
+    }
+}

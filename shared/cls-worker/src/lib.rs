@@ -1,0 +1,16 @@
+//! The worker pattern every module worker shares (SPEC §4), written once:
+//!
+//! - [`command`]: what a module's use case returns ([`Handled`]) or fails with ([`HandleError`]).
+//! - [`consumer`]: consume the module's command queue with bounded concurrency; per command one
+//!   Postgres transaction holding the inbox row, the state change, its audit entries and its
+//!   outbox events; commit, then reply, then ack. A duplicate delivery replays the stored outcome.
+//! - [`relay`]: publish committed outbox rows to `<ns>.events` with confirms.
+//! - [`Worker`]: connects everything, serves the ops listener and runs until shutdown.
+
+pub mod command;
+pub mod consumer;
+pub mod relay;
+mod worker;
+
+pub use command::{Audit, CommandContext, Dispatch, HandleError, Handled, NewEvent};
+pub use worker::Worker;

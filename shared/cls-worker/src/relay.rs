@@ -1,0 +1,134 @@
+//! The outbox relay: publishes committed outbox rows to `<ns>.events` with confirms.
+//!
+//! Each batch is its own short transaction: lock up to [`BATCH`] unpublished rows with
+//! `FOR UPDATE SKIP LOCKED` (so N replicas share the work), publish them, wait for the confirms,
+//! mark the confirmed ones published, commit. A crash between confirm and commit republishes
+//! (at-least-once; consumers deduplicate by event id). Woken by LISTEN/NOTIFY at commit, with a
+//! polling fallback because notifications sent while the listener reconnects are lost.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use cls_bus::{MSGPACK, Publisher, Topology};
+use cls_store::{PgPool, outbox};
+use lapin::options::BasicPublishOptions;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection};
+use prometheus_client::metrics::counter::Counter;
+use sqlx::postgres::PgListener;
+use tokio_util::sync::CancellationToken;
+
+const BATCH: i64 = 100;
+const POLL: Duration = Duration::from_secs(1);
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Relay {
+    pub pool: PgPool,
+    pub topology: Topology,
+    pub published: Counter,
+}
+
+impl Relay {
+    /// Relays until `shutdown`, rebuilding the listener and channel after failures.
+    pub async fn run(self, publish: std::sync::Arc<Connection>, shutdown: CancellationToken) {
+        let mut listener: Option<PgListener> = None;
+        let mut publisher: Option<Publisher> = None;
+        while !shutdown.is_cancelled() {
+            if listener.is_none() {
+                listener = connect_listener(&self.pool).await;
+            }
+            if publisher.as_ref().is_none_or(|p| !p.is_open()) {
+                publisher = match Publisher::open(&publish, CONFIRM_TIMEOUT).await {
+                    Ok(p) => Some(p),
+                    Err(error) => {
+                        tracing::warn!(%error, "relay cannot open a channel");
+                        None
+                    }
+                };
+            }
+            let more = match &publisher {
+                Some(p) => match self.relay_batch(p).await {
+                    Ok(n) => n == BATCH as usize,
+                    Err(error) => {
+                        tracing::warn!(error = format!("{error:#}"), "relay batch failed");
+                        false
+                    }
+                },
+                None => false,
+            };
+            if more {
+                continue;
+            }
+            let wait = async {
+                match listener.as_mut() {
+                    Some(l) => {
+                        if let Ok(Err(error)) = tokio::time::timeout(POLL, l.recv()).await {
+                            tracing::debug!(%error, "outbox listener failed; polling");
+                            listener = None;
+                        }
+                    }
+                    None => tokio::time::sleep(POLL).await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = wait => {}
+            }
+        }
+    }
+
+    /// Publishes one batch; returns how many rows it claimed.
+    async fn relay_batch(&self, publisher: &Publisher) -> anyhow::Result<usize> {
+        let mut tx = self.pool.begin().await?;
+        let rows = outbox::claim_pending(&mut tx, BATCH).await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok(0);
+        }
+        let exchange = self.topology.events_exchange();
+        let channel = publisher.channel();
+        let mut confirms = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut headers = FieldTable::default();
+            headers.insert("v".into(), AMQPValue::ShortInt(cls_contracts::event::EVENT_SCHEMA_VERSION as i16));
+            let mut properties = BasicProperties::default()
+                .with_message_id(row.event_id.to_string().into())
+                .with_type(row.event_type.clone().into())
+                .with_content_type(MSGPACK.into())
+                .with_delivery_mode(2)
+                .with_timestamp(Utc::now().timestamp() as u64)
+                .with_headers(headers);
+            if let Some(c) = &row.correlation_id {
+                properties = properties.with_correlation_id(c.clone().into());
+            }
+            // Not mandatory: an event nobody subscribed to yet is not an error.
+            let confirm = channel
+                .basic_publish(exchange.clone().into(), row.event_type.clone().into(), BasicPublishOptions::default(), &row.payload, properties)
+                .await;
+            confirms.push((row.id, confirm));
+        }
+        let mut published = Vec::new();
+        let mut failed = Vec::new();
+        for (id, confirm) in confirms {
+            let ok = match confirm {
+                Ok(pending) => matches!(tokio::time::timeout(CONFIRM_TIMEOUT, pending).await, Ok(Ok(c)) if c.is_ack()),
+                Err(_) => false,
+            };
+            if ok { published.push(id) } else { failed.push(id) }
+        }
+        outbox::mark_published(&mut tx, &published, Utc::now()).await?;
+        outbox::mark_attempt_failed(&mut tx, &failed, "not confirmed by the broker").await?;
+        tx.commit().await?;
+        self.published.inc_by(published.len() as u64);
+        if !failed.is_empty() {
+            anyhow::bail!("{} events not confirmed; they stay in the outbox", failed.len());
+        }
+        Ok(rows.len())
+    }
+}
+
+async fn connect_listener(pool: &PgPool) -> Option<PgListener> {
+    let mut listener = PgListener::connect_with(pool).await.ok()?;
+    listener.listen(outbox::NOTIFY_CHANNEL).await.ok()?;
+    Some(listener)
+}

@@ -1,0 +1,104 @@
+//! A module worker process: connections, topology, the command consumer, the outbox relay and
+//! the ops listener, run until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use cls_bus::Topology;
+use cls_contracts::Module;
+use cls_runtime::ops::{Ops, probe};
+use cls_runtime::secret::SecretBox;
+use cls_runtime::{CancellationToken, ServiceKind, Settings};
+use cls_store::PgPool;
+use lapin::Connection;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::command::Dispatch;
+use crate::consumer::CommandConsumer;
+use crate::relay::Relay;
+
+/// A built worker, ready to run. `build` connects and binds; `run_until_stopped` works.
+pub struct Worker {
+    settings: Settings,
+    kind: ServiceKind,
+    module: Module,
+    dispatch: Dispatch,
+    pool: PgPool,
+    consume: Arc<Connection>,
+    publish: Arc<Connection>,
+    topology: Topology,
+    ops_listener: TcpListener,
+}
+
+impl Worker {
+    pub async fn build(settings: Settings, kind: ServiceKind, module: Module, dispatch: Dispatch) -> anyhow::Result<Worker> {
+        let pool = cls_store::pool::connect_now(&settings.database_url, settings.db_pool_size, kind.name()).await?;
+        // Separate connections for consuming and publishing: a broker that blocks publishers
+        // (resource alarm) must not stop deliveries and acks.
+        let consume = Arc::new(cls_bus::connect(&settings.amqp_url, &format!("{}-consume", kind.name())).await?);
+        let publish = Arc::new(cls_bus::connect(&settings.amqp_url, &format!("{}-publish", kind.name())).await?);
+        let topology = Topology::new(settings.namespace.clone());
+        topology.declare(&consume.create_channel().await?).await?;
+        let ops_listener = cls_runtime::http::bind(settings.ops_addr).await?;
+        Ok(Worker { settings, kind, module, dispatch, pool, consume, publish, topology, ops_listener })
+    }
+
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops_listener.local_addr().expect("bound listener has an address")
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut registry = Registry::with_prefix("cls");
+        let outcomes = Family::<Vec<(String, String)>, Counter>::default();
+        registry.register("commands", "Commands handled, by command type and outcome", outcomes.clone());
+        let published = Counter::default();
+        registry.register("outbox_published", "Events published from the outbox", published.clone());
+
+        let consuming = Arc::new(AtomicBool::new(false));
+        let consumer = Arc::new(CommandConsumer {
+            module: self.module,
+            queue: self.topology.command_queue(self.module),
+            pool: self.pool.clone(),
+            dispatch: self.dispatch,
+            secrets: SecretBox::new(&self.settings.secret_key),
+            concurrency: self.settings.worker_concurrency,
+            consuming: consuming.clone(),
+            outcomes,
+        });
+        let relay = Relay { pool: self.pool.clone(), topology: self.topology.clone(), published };
+
+        let pool = self.pool.clone();
+        let consume = self.consume.clone();
+        let publish = self.publish.clone();
+        let ops = Ops::new(Arc::new(registry))
+            .check("db", probe(move || {
+                let pool = pool.clone();
+                async move { cls_store::pool::ping(&pool).await }
+            }))
+            .check("broker", probe(move || {
+                let (c, p) = (cls_bus::connection_health(&consume), cls_bus::connection_health(&publish));
+                async move { c.and(p) }
+            }))
+            .ready_when(probe(move || {
+                let ok = consuming.load(Ordering::Relaxed);
+                async move { if ok { Ok(()) } else { Err("not consuming commands yet".to_owned()) } }
+            }));
+
+        tracing::info!(service = self.kind.name(), ops = %self.ops_addr(), "worker started");
+        let drain = self.settings.shutdown_timeout;
+        let ops_task = tokio::spawn(ops.serve(self.ops_listener, shutdown.clone()));
+        let relay_task = tokio::spawn(relay.run(self.publish.clone(), shutdown.clone()));
+        consumer.run(self.consume.clone(), self.publish.clone(), shutdown.clone(), drain).await;
+        let _ = relay_task.await;
+        let _ = ops_task.await;
+        let _ = self.consume.close(200, "shutdown".into()).await;
+        let _ = self.publish.close(200, "shutdown".into()).await;
+        self.pool.close().await;
+        tracing::info!(service = self.kind.name(), "worker stopped");
+        Ok(())
+    }
+}
