@@ -1,1 +1,110 @@
-//! cls-gateway
+//! The gateway (SPEC §4): the only public HTTP entry point. It authenticates, validates input,
+//! turns each write into a command published with confirms and `mandatory`, waits for the
+//! worker's reply (direct reply-to) up to the reply timeout, and forwards reads to the query
+//! service. It holds no business rules and no database connection.
+
+mod auth;
+mod commands;
+mod handler;
+mod query;
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use cls_bus::{RpcClient, Topology};
+use cls_runtime::ops::{Ops, probe};
+use cls_runtime::{CancellationToken, ServiceKind, Settings};
+use lapin::Connection;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+/// The worker kinds that exist so far; the gateway is ready only when each has a consumer.
+pub const SERVED_MODULES: &[cls_contracts::Module] = &[cls_contracts::Module::Brands];
+
+type Labels = Vec<(String, String)>;
+
+pub(crate) struct Metrics {
+    requests: Family<Labels, Counter>,
+    latency: Family<Labels, Histogram, fn() -> Histogram>,
+}
+
+pub(crate) struct State {
+    settings: Settings,
+    amqp: Arc<Connection>,
+    rpc: RpcClient,
+    topology: Topology,
+    query: query::QueryClient,
+    keys: auth::ApiKeyCache,
+    metrics: Metrics,
+}
+
+/// A built gateway: `build` connects and binds, `run_until_stopped` serves.
+pub struct App {
+    state: Arc<State>,
+    registry: Registry,
+    listener: TcpListener,
+    ops_listener: TcpListener,
+}
+
+impl App {
+    pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        let amqp = Arc::new(cls_bus::connect(&settings.amqp_url, ServiceKind::Gateway.name()).await?);
+        let topology = Topology::new(settings.namespace.clone());
+        topology.declare(&amqp.create_channel().await?).await?;
+        let rpc = RpcClient::open(cls_bus::connect(&settings.amqp_url, "gateway-rpc").await?).await?;
+        let query = query::QueryClient::new(settings.query_url.clone(), settings.internal_token.clone(), settings.reply_timeout);
+        let listener = cls_runtime::http::bind(settings.http_addr).await?;
+        let ops_listener = cls_runtime::http::bind(settings.ops_addr).await?;
+
+        let mut registry = Registry::with_prefix("cls");
+        let requests = Family::<Labels, Counter>::default();
+        registry.register("http_requests", "HTTP requests by route and status", requests.clone());
+        let latency: Family<Labels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16)));
+        registry.register("http_request_duration_seconds", "HTTP request latency by route", latency.clone());
+
+        let state = State { settings, amqp, rpc, topology, query, keys: auth::ApiKeyCache::default(), metrics: Metrics { requests, latency } };
+        Ok(App { state: Arc::new(state), registry, listener, ops_listener })
+    }
+
+    /// The public address actually bound (port 0 in tests).
+    pub fn addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops_listener.local_addr().expect("bound listener has an address")
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.addr(), ops = %self.ops_addr(), "gateway started");
+        let ready_state = self.state.clone();
+        let broker_state = self.state.clone();
+        let ops = Ops::new(Arc::new(self.registry))
+            .check("broker", probe(move || {
+                let health = cls_bus::connection_health(&broker_state.amqp);
+                async move { health }
+            }))
+            .ready_when(probe(move || {
+                let state = ready_state.clone();
+                async move { handler::readiness(&state).await }
+            }));
+        let ops_task = tokio::spawn(ops.serve(self.ops_listener, shutdown.clone()));
+        let state = self.state.clone();
+        cls_runtime::http::serve(
+            self.listener,
+            move |req, peer| handler::handle(state.clone(), req, peer),
+            shutdown.clone(),
+            self.state.settings.shutdown_timeout,
+        )
+        .await;
+        let _ = ops_task.await;
+        let _ = self.state.amqp.close(200, "shutdown".into()).await;
+        tracing::info!("gateway stopped");
+        Ok(())
+    }
+}

@@ -74,3 +74,10 @@ mod tests {
         assert!(SecretBox::new(&Secret::new("another-secret-key")).open(&sealed).is_err());
     }
 }
+
+/// Compares two secrets without leaking where they differ (compares their SHA-256 digests in
+/// constant time).
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    let (a, b) = (Sha256::digest(a), Sha256::digest(b));
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

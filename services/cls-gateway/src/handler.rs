@@ -1,0 +1,338 @@
+//! One request, start to finish: request id, route, authenticate, then a command or a read.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use chrono::Utc;
+use cls_bus::{MSGPACK, RpcOutcome};
+use cls_contracts::command::{COMMAND_SCHEMA_VERSION, Command};
+use cls_contracts::http::Accepted;
+use cls_contracts::internal::RegisterOperation;
+use cls_contracts::problem::FieldProblem;
+use cls_contracts::{CommandEnvelope, Principal, Problem, ProblemCode, Reply};
+use cls_runtime::http::{Body, respond};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use lapin::BasicProperties;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::State;
+use crate::auth::Failure;
+use crate::commands::{self, Invalid};
+use crate::routes::{Access, Miss, Route};
+
+/// SPEC §3: request bodies over 64 KiB are refused.
+const BODY_LIMIT: usize = 64 * 1024;
+/// How much of an oversized body is read and discarded so the client can read the 413.
+const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
+/// Namespace of the UUIDv5 command ids derived from idempotency keys.
+const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6c73_2d69_6465_6d70_6f74_656e_6379_0001);
+
+pub async fn handle(state: Arc<State>, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+    let started = std::time::Instant::now();
+    let request_id = request_id(&req);
+    let (route_name, mut response) = match Route::resolve(req.method(), req.uri().path()) {
+        Ok(route) => (route.name(), dispatch(&state, route, req, &request_id).await),
+        Err(Miss::NotFound) => ("unknown", problem(ProblemCode::NotFound, "No such route.", &request_id)),
+        Err(Miss::MethodNotAllowed(allowed)) => {
+            let mut r = problem(ProblemCode::MethodNotAllowed, "This route does not take this method.", &request_id);
+            let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+            r.headers_mut().insert(header::ALLOW, HeaderValue::from_str(&allow).expect("method names are valid"));
+            ("unknown", r)
+        }
+    };
+    response
+        .headers_mut()
+        .insert("x-request-id", HeaderValue::from_str(&request_id).expect("request ids are visible ASCII"));
+    let labels = vec![("route".to_owned(), route_name.to_owned()), ("status".to_owned(), response.status().as_u16().to_string())];
+    state.metrics.requests.get_or_create(&labels).inc();
+    state.metrics.latency.get_or_create(&vec![("route".to_owned(), route_name.to_owned())]).observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// The caller's `X-Request-Id` if it is 1-128 visible ASCII characters, else a new UUIDv7.
+fn request_id<B>(req: &Request<B>) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| Uuid::now_v7().to_string())
+}
+
+async fn dispatch(state: &State, route: Route, req: Request<Incoming>, request_id: &str) -> Response<Body> {
+    let principal = match authenticate(state, &route, &req, request_id).await {
+        Ok(p) => p,
+        Err(response) => return response,
+    };
+    let brand_id = match &principal {
+        Some(Principal::ApiKey { brand_id, .. }) => brand_id.clone(),
+        _ => String::new(),
+    };
+    match route {
+        Route::Health => cls_runtime::http::json(StatusCode::OK, r#"{"status":"ok"}"#),
+        Route::Ready => match readiness(state).await {
+            Ok(()) => cls_runtime::http::json(StatusCode::OK, r#"{"status":"ready"}"#),
+            Err(reason) => with_retry_after(problem(ProblemCode::Unavailable, &reason, request_id)),
+        },
+        Route::ListBrands | Route::ListApiKeys { .. } | Route::ListProducts | Route::GetOperation { .. } => {
+            forward(state, &req, principal.as_ref(), request_id).await
+        }
+        Route::CreateBrand => command(state, req, principal, request_id, true, commands::create_brand).await,
+        Route::CreateApiKey { brand_id } => {
+            command(state, req, principal, request_id, true, |b| commands::create_api_key(&brand_id, b)).await
+        }
+        Route::RevokeApiKey { api_key_id } => {
+            command(state, req, principal, request_id, false, |_| commands::revoke_api_key(&api_key_id)).await
+        }
+        Route::CreateProduct => command(state, req, principal, request_id, true, |b| commands::create_product(&brand_id, b)).await,
+    }
+}
+
+/// The route's principal, or the 401 / 403 / 503 to answer.
+async fn authenticate(state: &State, route: &Route, req: &Request<Incoming>, request_id: &str) -> Result<Option<Principal>, Response<Body>> {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let admin = || -> Result<Option<Principal>, Response<Body>> {
+        let presented = header("x-admin-token").unwrap_or_default();
+        match &state.settings.admin_token {
+            Some(token) if !presented.is_empty() && cls_runtime::secret::same_secret(presented.as_bytes(), token.expose().as_bytes()) => {
+                Ok(Some(Principal::Admin))
+            }
+            _ => Err(problem(ProblemCode::Unauthenticated, "A valid X-Admin-Token is required.", request_id)),
+        }
+    };
+    let brand = |scope| async move {
+        match state.keys.authenticate(&state.query, header("x-api-key").as_deref(), scope, request_id).await {
+            Ok(key) => Ok(Some(Principal::ApiKey { api_key_id: key.api_key_id, brand_id: key.brand_id, scopes: key.scope_names })),
+            Err(Failure::Unauthenticated) => Err(problem(ProblemCode::Unauthenticated, "A valid X-API-Key is required.", request_id)),
+            Err(Failure::Forbidden) => Err(problem(ProblemCode::Forbidden, "This API key lacks the scope this route needs.", request_id)),
+            Err(Failure::Unavailable) => Err(with_retry_after(problem(
+                ProblemCode::Unavailable,
+                "Authentication is temporarily unavailable.",
+                request_id,
+            ))),
+        }
+    };
+    match route.access() {
+        Access::Public => Ok(None),
+        Access::Admin => admin(),
+        Access::Brand(scope) => brand(Some(scope)).await,
+        Access::AdminOrBrand if req.headers().contains_key("x-admin-token") => admin(),
+        Access::AdminOrBrand => brand(None).await,
+    }
+}
+
+/// Publishes the command and turns the worker's reply (or its absence) into the answer.
+async fn command(
+    state: &State,
+    req: Request<Incoming>,
+    principal: Option<Principal>,
+    request_id: &str,
+    has_body: bool,
+    build: impl FnOnce(&[u8]) -> Result<Command, Invalid>,
+) -> Response<Body> {
+    let principal = principal.expect("command routes are authenticated");
+    let deadline = tokio::time::Instant::now() + state.settings.reply_timeout;
+    let idempotency_key = match req.headers().get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(k) if (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()) => Some(k.to_owned()),
+            _ => return invalid("Idempotency-Key", "must be 1-255 visible ASCII characters", request_id),
+        },
+    };
+    if has_body && !is_json(&req) {
+        return problem(ProblemCode::UnsupportedMediaType, "Send the body as application/json.", request_id);
+    }
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let body = match read_body(req.into_body()).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => {
+            let mut r = problem(ProblemCode::PayloadTooLarge, "The request body is over 64 KiB.", request_id);
+            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
+        Err(BodyError::Unreadable) => return invalid("body", "could not be read", request_id),
+    };
+    let command = match build(&body) {
+        Ok(c) => c,
+        Err(Invalid::Fields(errors)) => return problem_body(Problem::invalid(errors, request_id)),
+        Err(Invalid::NotFound) => return problem(ProblemCode::NotFound, "Not found.", request_id),
+    };
+
+    let scope = principal.scope();
+    let command_id = match &idempotency_key {
+        Some(key) => Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, format!("{scope}\n{method}\n{path}\n{key}").as_bytes()),
+        None => Uuid::now_v7(),
+    };
+    let routing_key = command.routing_key();
+    let mut hasher = Sha256::new();
+    hasher.update(format!("{method}\n{path}\n").as_bytes());
+    hasher.update(cls_contracts::encode(&command));
+    let envelope = CommandEnvelope {
+        command_id: command_id.to_string(),
+        schema_version: COMMAND_SCHEMA_VERSION,
+        request_id: request_id.to_owned(),
+        principal,
+        issued_at: cls_contracts::format_time(Utc::now()),
+        request_hash: hex::encode(hasher.finalize()),
+        command,
+    };
+    let properties = BasicProperties::default()
+        .with_message_id(command_id.to_string().into())
+        .with_type(routing_key.into())
+        .with_content_type(MSGPACK.into())
+        .with_delivery_mode(2);
+    let outcome = state
+        .rpc
+        .call(&state.topology.commands_exchange(), routing_key, &cls_contracts::encode(&envelope), properties, deadline)
+        .await;
+    match outcome {
+        Ok(RpcOutcome::Replied(bytes)) => match cls_contracts::decode::<Reply>(&bytes) {
+            Ok(reply) => reply_response(reply),
+            Err(error) => {
+                tracing::error!(%error, "undecodable reply");
+                problem(ProblemCode::Internal, "The worker's reply could not be read.", request_id)
+            }
+        },
+        Ok(RpcOutcome::TimedOut) => accepted(state, command_id, &scope, request_id).await,
+        Err(error) => {
+            tracing::warn!(%error, routing_key, "command not accepted by the broker");
+            with_retry_after(problem(ProblemCode::Unavailable, "The command could not be queued; retry shortly.", request_id))
+        }
+    }
+}
+
+/// 202 with the operation to poll; the operation is registered so it reads `pending`, not 404.
+async fn accepted(state: &State, command_id: Uuid, scope: &str, request_id: &str) -> Response<Body> {
+    let registration = serde_json::to_vec(&RegisterOperation { principal: scope.to_owned() }).expect("serializable");
+    let path = format!("/internal/operations/{command_id}");
+    if state.query.send(Method::PUT, &path, None, request_id, Some(registration)).await.is_err() {
+        tracing::warn!(%command_id, "could not register the pending operation");
+    }
+    let body = serde_json::to_vec(&Accepted { operation_id: command_id.to_string() }).expect("serializable");
+    let mut r = cls_runtime::http::json(StatusCode::ACCEPTED, body);
+    r.headers_mut()
+        .insert(header::LOCATION, HeaderValue::from_str(&format!("/v1/operations/{command_id}")).expect("ascii"));
+    r
+}
+
+fn reply_response(reply: Reply) -> Response<Body> {
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = if status == StatusCode::NO_CONTENT {
+        let mut r = Response::new(Body::new(Bytes::new()));
+        *r.status_mut() = status;
+        r
+    } else if status.is_client_error() || status.is_server_error() {
+        respond(status, "application/problem+json", reply.body)
+    } else {
+        respond(status, "application/json", reply.body)
+    };
+    if reply.replayed {
+        r.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    r
+}
+
+/// Forwards a read to the query service with the authenticated principal.
+async fn forward(state: &State, req: &Request<Incoming>, principal: Option<&Principal>, request_id: &str) -> Response<Body> {
+    let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    match state.query.send(Method::GET, path_and_query, principal, request_id, None).await {
+        Ok(answer) => {
+            let mut r = Response::new(Body::new(answer.body));
+            *r.status_mut() = answer.status;
+            if let Some(ct) = answer.content_type {
+                r.headers_mut().insert(header::CONTENT_TYPE, ct);
+            }
+            r
+        }
+        Err(_) => with_retry_after(problem(ProblemCode::Unavailable, "Reads are temporarily unavailable.", request_id)),
+    }
+}
+
+/// Ready when commands can be published and every worker kind has a consumer.
+pub(crate) async fn readiness(state: &State) -> Result<(), String> {
+    if !state.rpc.is_open().await {
+        return Err("cannot publish commands".to_owned());
+    }
+    // A passive declare of a missing queue closes its channel, so use a throwaway channel.
+    let channel = state.amqp.create_channel().await.map_err(|_| "the broker connection is down".to_owned())?;
+    for module in crate::SERVED_MODULES {
+        let consumers = state.topology.command_consumers(&channel, *module).await.map_err(|_| format!("no {} command queue", module.as_str()))?;
+        if consumers == 0 {
+            let _ = channel.close(200, "ok".into()).await;
+            return Err(format!("no {} worker is consuming", module.as_str()));
+        }
+    }
+    let _ = channel.close(200, "ok".into()).await;
+    Ok(())
+}
+
+fn is_json<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
+}
+
+enum BodyError {
+    TooLarge,
+    Unreadable,
+}
+
+/// Reads the body up to the limit; past it, reads and discards the rest (bounded) so the
+/// client gets to read the 413.
+async fn read_body(mut body: Incoming) -> Result<Bytes, BodyError> {
+    let mut buf = BytesMut::new();
+    let mut too_large = false;
+    let mut drained = 0usize;
+    let drain_deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let frame = if too_large {
+            match tokio::time::timeout_at(drain_deadline, body.frame()).await {
+                Ok(f) => f,
+                Err(_) => break,
+            }
+        } else {
+            body.frame().await
+        };
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(|_| BodyError::Unreadable)?;
+        let Ok(data) = frame.into_data() else { continue };
+        if too_large {
+            drained += data.len();
+            if drained > DRAIN_LIMIT {
+                break;
+            }
+        } else if buf.len() + data.len() > BODY_LIMIT {
+            too_large = true;
+            buf.clear();
+        } else {
+            buf.extend_from_slice(&data);
+        }
+    }
+    if too_large { Err(BodyError::TooLarge) } else { Ok(buf.freeze()) }
+}
+
+fn problem(code: ProblemCode, detail: &str, request_id: &str) -> Response<Body> {
+    problem_body(Problem::new(code, detail, request_id))
+}
+
+fn invalid(field: &str, message: &str, request_id: &str) -> Response<Body> {
+    problem_body(Problem::invalid(vec![FieldProblem { field: field.to_owned(), message: message.to_owned() }], request_id))
+}
+
+fn problem_body(p: Problem) -> Response<Body> {
+    let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    respond(status, "application/problem+json", p.to_json())
+}
+
+fn with_retry_after(mut r: Response<Body>) -> Response<Body> {
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}

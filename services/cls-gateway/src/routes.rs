@@ -1,0 +1,118 @@
+//! The route table of SPEC §3: which method and path is which route, and who may call it.
+
+use cls_domain::Scope;
+use hyper::Method;
+
+/// Every public route. Path parameters are kept as text; a malformed id answers 404 later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Health,
+    Ready,
+    CreateBrand,
+    ListBrands,
+    CreateApiKey { brand_id: String },
+    ListApiKeys { brand_id: String },
+    RevokeApiKey { api_key_id: String },
+    CreateProduct,
+    ListProducts,
+    GetOperation { id: String },
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Public,
+    Admin,
+    Brand(Scope),
+    /// The principal that sent the command: the operator or a brand.
+    AdminOrBrand,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Miss {
+    NotFound,
+    MethodNotAllowed(&'static [Method]),
+}
+
+impl Route {
+    /// Matches a request line; a known path with another method is a 405.
+    pub fn resolve(method: &Method, path: &str) -> Result<Route, Miss> {
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let owned = |s: &str| s.to_owned();
+        let candidates: Vec<(Method, Route)> = match segments.as_slice() {
+            ["health"] => vec![(Method::GET, Route::Health)],
+            ["ready"] => vec![(Method::GET, Route::Ready)],
+            ["v1", "admin", "brands"] => vec![(Method::POST, Route::CreateBrand), (Method::GET, Route::ListBrands)],
+            ["v1", "admin", "brands", id, "api-keys"] => vec![
+                (Method::POST, Route::CreateApiKey { brand_id: owned(id) }),
+                (Method::GET, Route::ListApiKeys { brand_id: owned(id) }),
+            ],
+            ["v1", "admin", "api-keys", id] => vec![(Method::DELETE, Route::RevokeApiKey { api_key_id: owned(id) })],
+            ["v1", "products"] => vec![(Method::POST, Route::CreateProduct), (Method::GET, Route::ListProducts)],
+            ["v1", "operations", id] => vec![(Method::GET, Route::GetOperation { id: owned(id) })],
+            _ => return Err(Miss::NotFound),
+        };
+        let allowed: Vec<&Method> = candidates.iter().map(|(m, _)| m).collect();
+        match candidates.iter().find(|(m, _)| m == method) {
+            Some((_, route)) => Ok(route.clone()),
+            None => Err(Miss::MethodNotAllowed(leak_methods(&allowed))),
+        }
+    }
+
+    pub fn access(&self) -> Access {
+        match self {
+            Route::Health | Route::Ready => Access::Public,
+            Route::CreateBrand | Route::ListBrands | Route::CreateApiKey { .. } | Route::ListApiKeys { .. } | Route::RevokeApiKey { .. } => {
+                Access::Admin
+            }
+            Route::CreateProduct => Access::Brand(Scope::LicensesWrite),
+            Route::ListProducts => Access::Brand(Scope::LicensesRead),
+            Route::GetOperation { .. } => Access::AdminOrBrand,
+        }
+    }
+
+    /// A stable label for metrics and logs (no ids).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::Health => "health",
+            Route::Ready => "ready",
+            Route::CreateBrand => "create_brand",
+            Route::ListBrands => "list_brands",
+            Route::CreateApiKey { .. } => "create_api_key",
+            Route::ListApiKeys { .. } => "list_api_keys",
+            Route::RevokeApiKey { .. } => "revoke_api_key",
+            Route::CreateProduct => "create_product",
+            Route::ListProducts => "list_products",
+            Route::GetOperation { .. } => "get_operation",
+        }
+    }
+}
+
+/// The `Allow` sets are few and fixed; map them to statics instead of allocating per request.
+fn leak_methods(allowed: &[&Method]) -> &'static [Method] {
+    const GET: &[Method] = &[Method::GET];
+    const DELETE: &[Method] = &[Method::DELETE];
+    const GET_POST: &[Method] = &[Method::GET, Method::POST];
+    match allowed {
+        [m] if **m == Method::GET => GET,
+        [m] if **m == Method::DELETE => DELETE,
+        _ => GET_POST,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_resolve_and_misses_are_classified() {
+        assert_eq!(Route::resolve(&Method::POST, "/v1/products"), Ok(Route::CreateProduct));
+        assert_eq!(
+            Route::resolve(&Method::DELETE, "/v1/admin/api-keys/abc"),
+            Ok(Route::RevokeApiKey { api_key_id: "abc".into() })
+        );
+        assert_eq!(Route::resolve(&Method::GET, "/v1/nope"), Err(Miss::NotFound));
+        assert!(matches!(Route::resolve(&Method::PUT, "/v1/products"), Err(Miss::MethodNotAllowed(_))));
+        assert!(matches!(Route::resolve(&Method::POST, "/v1/admin/api-keys/x"), Err(Miss::MethodNotAllowed(m)) if m == [Method::DELETE]));
+    }
+}

@@ -1,0 +1,76 @@
+//! `GET /v1/operations/{id}`: a command's status for the principal that sent it.
+//!
+//! Succeeded or failed comes from the worker's inbox (Postgres). "Pending" needs to know the
+//! command was issued: the gateway registers every command it answered 202 for, and that
+//! registration lives in Redis for 24 h. An id that is in neither place was never issued (404).
+
+use cls_contracts::http::{Operation, OperationResponse, OperationStatus};
+use cls_runtime::secret::SecretBox;
+use cls_store::{PgPool, StoreError, inbox};
+use fred::prelude::*;
+use uuid::Uuid;
+
+/// How long a pending registration is kept.
+const PENDING_TTL_SECONDS: i64 = 24 * 3600;
+
+fn pending_key(namespace: &str, id: Uuid) -> String {
+    format!("{namespace}:op:{id}")
+}
+
+pub async fn register_pending(redis: &fred::clients::Client, namespace: &str, id: Uuid, principal: &str) -> Result<(), fred::error::Error> {
+    redis
+        .set::<(), _, _>(pending_key(namespace, id), principal, Some(fred::types::Expiration::EX(PENDING_TTL_SECONDS)), None, false)
+        .await
+}
+
+pub enum Lookup {
+    Found(Operation),
+    NotFound,
+}
+
+pub async fn find(
+    pool: &PgPool,
+    redis: &fred::clients::Client,
+    secrets: &SecretBox,
+    namespace: &str,
+    id: Uuid,
+    principal: &str,
+) -> Result<Lookup, StoreError> {
+    let mut conn = pool.acquire().await?;
+    if let Some(stored) = inbox::find(&mut conn, id).await? {
+        if stored.principal != principal {
+            return Ok(Lookup::NotFound);
+        }
+        let status = if stored.succeeded() {
+            OperationStatus::Succeeded
+        } else if stored.failed() {
+            OperationStatus::Failed
+        } else {
+            OperationStatus::Pending
+        };
+        let response = match (stored.succeeded(), stored.response_status, stored.response_body) {
+            (true, Some(status), Some(body)) => {
+                let body = if stored.response_sealed { secrets.open(&body).unwrap_or_default() } else { body };
+                let body = if body.is_empty() || status == 204 {
+                    serde_json::Value::Null
+                } else {
+                    serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)
+                };
+                Some(OperationResponse { status: status as u16, body })
+            }
+            _ => None,
+        };
+        return Ok(Lookup::Found(Operation { id: id.to_string(), status, response }));
+    }
+    // Not processed yet: pending if the gateway registered it for this principal.
+    let registered: Option<String> = redis.get(pending_key(namespace, id)).await.unwrap_or_else(|error| {
+        tracing::warn!(%error, "cannot read pending operations from Redis");
+        None
+    });
+    Ok(match registered {
+        Some(p) if p == principal => {
+            Lookup::Found(Operation { id: id.to_string(), status: OperationStatus::Pending, response: None })
+        }
+        _ => Lookup::NotFound,
+    })
+}

@@ -1,0 +1,190 @@
+//! Request handling: check the internal credential, read the principal, route, answer.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cls_contracts::http::{self, Page};
+use cls_contracts::internal::{INTERNAL_TOKEN_HEADER, PRINCIPAL_HEADER, RegisterOperation, ResolveApiKey};
+use cls_contracts::{Principal, Problem, ProblemCode, format_time};
+use cls_domain::KeyHash;
+use cls_runtime::http::{Body, json};
+use cls_store::brands;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use uuid::Uuid;
+
+use crate::State;
+use crate::operations::{self, Lookup};
+
+type Reply = Result<Response<Body>, Problem>;
+
+pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_else(|| Uuid::now_v7().to_string());
+    let mut response = match route(&state, req, &request_id).await {
+        Ok(r) => r,
+        Err(problem) => problem_response(&problem),
+    };
+    if let Ok(v) = request_id.parse() {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}
+
+async fn route(state: &State, req: Request<Incoming>, request_id: &str) -> Reply {
+    let presented = req.headers().get(INTERNAL_TOKEN_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
+    if !cls_runtime::secret::same_secret(presented, state.settings.internal_token.expose().as_bytes()) {
+        return Err(Problem::new(ProblemCode::Unauthenticated, "The internal credential is missing or wrong.", request_id));
+    }
+    let principal: Option<Principal> = req
+        .headers()
+        .get(PRINCIPAL_HEADER)
+        .and_then(|v| serde_json::from_slice(v.as_bytes()).ok());
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let method = req.method().clone();
+    let internal_error = |e: cls_store::StoreError| {
+        tracing::error!(error = format!("{e:#}"), "read failed");
+        Problem::new(ProblemCode::Unavailable, "The database is unavailable; retry shortly.", request_id)
+    };
+
+    match (&method, segments.as_slice(), principal) {
+        (&Method::POST, ["internal", "api-keys", "resolve"], _) => {
+            let body: ResolveApiKey = read_json(req, request_id).await?;
+            let Ok(hash) = KeyHash::from_hex(&body.key_hash) else {
+                return Err(Problem::new(ProblemCode::NotFound, "Unknown API key.", request_id));
+            };
+            match crate::hot::resolve_api_key(&state.pool, &hash).await.map_err(internal_error)? {
+                Some(resolved) => Ok(json(StatusCode::OK, serde_json::to_vec(&resolved).expect("serializable"))),
+                None => Err(Problem::new(ProblemCode::NotFound, "Unknown API key.", request_id)),
+            }
+        }
+        (&Method::PUT, ["internal", "operations", id], _) => {
+            let id = parse_id(id, ProblemCode::OperationNotFound, request_id)?;
+            let body: RegisterOperation = read_json(req, request_id).await?;
+            operations::register_pending(&state.redis, &state.settings.namespace, id, &body.principal)
+                .await
+                .map_err(|_| Problem::new(ProblemCode::Unavailable, "Redis is unavailable.", request_id))?;
+            Ok(json(StatusCode::NO_CONTENT, Bytes::new()))
+        }
+        (&Method::GET, ["v1", "operations", id], Some(principal)) => {
+            let id = parse_id(id, ProblemCode::OperationNotFound, request_id)?;
+            let found = operations::find(&state.pool, &state.redis, &state.secrets, &state.settings.namespace, id, &principal.scope())
+                .await
+                .map_err(internal_error)?;
+            match found {
+                Lookup::Found(op) => Ok(json(StatusCode::OK, serde_json::to_vec(&op).expect("serializable"))),
+                Lookup::NotFound => Err(Problem::new(ProblemCode::OperationNotFound, "No such operation.", request_id)),
+            }
+        }
+        (&Method::GET, ["v1", "admin", "brands"], Some(Principal::Admin)) => {
+            let (after, limit) = paging(&query, request_id)?;
+            let mut conn = state.pool.acquire().await.map_err(|e| internal_error(e.into()))?;
+            let rows = brands::list_brands(&mut conn, after, limit + 1).await.map_err(internal_error)?;
+            Ok(page(rows, limit, |b| b.id, |b| http::Brand {
+                id: b.id.to_string(),
+                slug: b.slug,
+                name: b.name,
+                key_prefix: b.key_prefix,
+                created_at: format_time(b.created_at),
+            }))
+        }
+        (&Method::GET, ["v1", "admin", "brands", brand_id, "api-keys"], Some(Principal::Admin)) => {
+            let brand_id = parse_id(brand_id, ProblemCode::NotFound, request_id)?;
+            let (after, limit) = paging(&query, request_id)?;
+            let mut conn = state.pool.acquire().await.map_err(|e| internal_error(e.into()))?;
+            if brands::find_brand(&mut conn, brand_id).await.map_err(internal_error)?.is_none() {
+                return Err(Problem::new(ProblemCode::NotFound, "No brand with this id.", request_id));
+            }
+            let rows = brands::list_api_keys(&mut conn, brand_id, after, limit + 1).await.map_err(internal_error)?;
+            Ok(page(rows, limit, |k| k.id, |k| http::ApiKey {
+                id: k.id.to_string(),
+                brand_id: k.brand_id.to_string(),
+                name: k.name,
+                display_prefix: k.display_prefix,
+                scopes: k.scopes,
+                created_at: format_time(k.created_at),
+                revoked_at: k.revoked_at.map(format_time),
+            }))
+        }
+        (&Method::GET, ["v1", "products"], Some(Principal::ApiKey { brand_id, .. })) => {
+            let brand_id = parse_id(&brand_id, ProblemCode::NotFound, request_id)?;
+            let (after, limit) = paging(&query, request_id)?;
+            let mut conn = state.pool.acquire().await.map_err(|e| internal_error(e.into()))?;
+            let rows = brands::list_products(&mut conn, brand_id, after, limit + 1).await.map_err(internal_error)?;
+            Ok(page(rows, limit, |p| p.id, |p| http::Product {
+                id: p.id.to_string(),
+                code: p.code,
+                name: p.name,
+                default_seat_limit: p.default_seat_limit.map(|n| n as u32),
+                default_duration_days: p.default_duration_days.map(|n| n as u32),
+                created_at: format_time(p.created_at),
+            }))
+        }
+        _ => Err(Problem::new(ProblemCode::NotFound, "No such route for this principal.", request_id)),
+    }
+}
+
+/// `?limit=` (1-200, default 50) and `?cursor=` (the opaque cursor is the last id seen).
+fn paging(query: &str, request_id: &str) -> Result<(Option<Uuid>, i64), Problem> {
+    let mut limit = 50;
+    let mut after = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "limit" => match value.parse::<i64>() {
+                Ok(n) if (1..=200).contains(&n) => limit = n,
+                _ => return Err(invalid("limit", "must be a whole number from 1 to 200", request_id)),
+            },
+            "cursor" => match value.parse::<Uuid>() {
+                Ok(id) => after = Some(id),
+                Err(_) => return Err(invalid("cursor", "is not a cursor this API returned", request_id)),
+            },
+            _ => {}
+        }
+    }
+    Ok((after, limit))
+}
+
+fn invalid(field: &str, message: &str, request_id: &str) -> Problem {
+    Problem::invalid(
+        vec![cls_contracts::problem::FieldProblem { field: field.to_owned(), message: message.to_owned() }],
+        request_id,
+    )
+}
+
+/// Turns `limit + 1` rows into a page: the extra row only says there is a next page.
+fn page<R, T: serde::Serialize>(mut rows: Vec<R>, limit: i64, id: impl Fn(&R) -> Uuid, to_item: impl Fn(R) -> T) -> Response<Body> {
+    let next_cursor = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|r| id(r).to_string())
+    } else {
+        None
+    };
+    let page = Page { items: rows.into_iter().map(to_item).collect(), next_cursor };
+    json(StatusCode::OK, serde_json::to_vec(&page).expect("serializable"))
+}
+
+fn parse_id(s: &str, not_found: ProblemCode, request_id: &str) -> Result<Uuid, Problem> {
+    s.parse().map_err(|_| Problem::new(not_found, "Not found.", request_id))
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>, request_id: &str) -> Result<T, Problem> {
+    let bytes = Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map_err(|_| Problem::new(ProblemCode::InvalidRequest, "Unreadable body.", request_id))?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|_| Problem::new(ProblemCode::InvalidRequest, "Malformed JSON.", request_id))
+}
+
+fn problem_response(problem: &Problem) -> Response<Body> {
+    let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    cls_runtime::http::respond(status, "application/problem+json", problem.to_json())
+}
