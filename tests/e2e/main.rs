@@ -1,0 +1,11 @@
+//! End-to-end tests: the real services against real PostgreSQL, RabbitMQ and Redis, one
+//! isolated cluster per test (see `cls_tests::TestCluster`). One test binary on purpose: it
+//! links once.
+
+mod brands;
+mod bus;
+mod commands;
+mod crash;
+mod events;
+mod protocol;
+mod store;

@@ -1,0 +1,77 @@
+//! HTTP conventions of SPEC §3: problem+json, request ids, 404 / 405 / 413 / 415 / 400.
+
+use cls_tests::{ADMIN_TOKEN, TestCluster};
+use hyper::{Method, StatusCode};
+use serde_json::json;
+
+fn assert_problem(r: &cls_tests::TestResponse, status: StatusCode, code: &str) {
+    assert_eq!(r.status, status, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    let p = r.json();
+    assert_eq!(p["code"], code);
+    assert_eq!(p["status"], status.as_u16());
+    for member in ["type", "title", "detail", "request_id"] {
+        assert!(p[member].is_string(), "problem lacks {member}: {p}");
+    }
+    assert_eq!(p["request_id"].as_str(), r.header("x-request-id"));
+}
+
+#[tokio::test]
+async fn conventions_of_every_route() {
+    let c = TestCluster::spawn().await;
+    let admin = ("x-admin-token", ADMIN_TOKEN);
+
+    // Request ids: the caller's is echoed; otherwise a new one.
+    let r = c.get("/health", &[("x-request-id", "my-request-42")]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("x-request-id"), Some("my-request-42"));
+    let r = c.get("/health", &[]).await;
+    assert!(uuid::Uuid::parse_str(r.header("x-request-id").unwrap()).is_ok());
+    let long = "x".repeat(129);
+    assert_ne!(c.get("/health", &[("x-request-id", &long)]).await.header("x-request-id"), Some(long.as_str()));
+    assert_eq!(c.get("/ready", &[]).await.status, StatusCode::OK);
+
+    assert_problem(&c.get("/v1/nothing-here", &[]).await, StatusCode::NOT_FOUND, "NOT_FOUND");
+    let r = c.request(Method::PUT, "/v1/admin/brands", &[admin], None).await;
+    assert_problem(&r, StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED");
+    assert_eq!(r.header("allow"), Some("GET, POST"));
+
+    // 415: not JSON.
+    let r = c.request(Method::POST, "/v1/admin/brands", &[admin, ("content-type", "text/plain")], Some(b"slug=x".to_vec())).await;
+    assert_problem(&r, StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE");
+
+    // 413 after draining: the client reads the answer.
+    let big = vec![b' '; 200 * 1024];
+    let r = c.request(Method::POST, "/v1/admin/brands", &[admin, ("content-type", "application/json")], Some(big)).await;
+    assert_problem(&r, StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE");
+
+    // 400: malformed JSON, wrong types, unknown fields, invalid values (every field reported).
+    let r = c.request(Method::POST, "/v1/admin/brands", &[admin, ("content-type", "application/json")], Some(b"{\"slug\":".to_vec())).await;
+    assert_problem(&r, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    let r = c.admin_post("/v1/admin/brands", &json!({"slug": 7, "name": "x", "key_prefix": "XX"})).await;
+    assert_problem(&r, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    let r = c.admin_post("/v1/admin/brands", &json!({"slug": "ok", "name": "x", "key_prefix": "XX", "extra": true})).await;
+    assert_problem(&r, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    let r = c.admin_post("/v1/admin/brands", &json!({"slug": "Not OK", "name": "", "key_prefix": "toolongprefix"})).await;
+    assert_problem(&r, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    let fields: Vec<String> = r.json()["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(fields, ["slug", "name", "key_prefix"]);
+    let r = c.admin_post("/v1/admin/brands", &json!({"slug": "ok", "name": "x", "key_prefix": "XX"})).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let brand_id = r.json()["id"].as_str().unwrap().to_owned();
+    let key = c.create_api_key(&brand_id, &["licenses:write"]).await;
+    let r = c.post("/v1/products", &[("x-api-key", &key)], &json!({"code": "x", "name": "X", "default_seat_limit": 0})).await;
+    assert_problem(&r, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    assert_eq!(r.json()["errors"][0]["field"], "default_seat_limit");
+    let r = c.admin_post(&format!("/v1/admin/brands/{brand_id}/api-keys"), &json!({"name": "k", "scopes": ["root"]})).await;
+    assert_problem(&r, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    let r = c.post("/v1/products", &[("x-api-key", &key), ("idempotency-key", "")], &json!({"code": "x", "name": "X"})).await;
+    assert_problem(&r, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+
+    // Nothing half-written by any of the refused requests.
+    let brands = c.admin_get("/v1/admin/brands").await.json();
+    assert_eq!(brands["items"].as_array().unwrap().len(), 1);
+    assert_eq!(c.get("/v1/products", &[("x-api-key", &key)]).await.json()["items"], json!([]));
+
+    c.stop().await;
+}
