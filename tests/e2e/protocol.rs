@@ -75,3 +75,26 @@ async fn conventions_of_every_route() {
 
     c.stop().await;
 }
+
+#[tokio::test]
+async fn every_service_has_an_ops_listener() {
+    let c = TestCluster::spawn().await;
+    for (service, checks) in [("gateway", &["broker"][..]), ("query", &["db", "cache"][..]), ("brands-worker", &["db", "broker"][..])] {
+        assert_eq!(c.ops_get(service, "/health").await.status, StatusCode::OK, "{service} /health");
+        for check in checks {
+            let r = c.ops_get(service, &format!("/health/{check}")).await;
+            assert_eq!(r.status, StatusCode::OK, "{service} /health/{check}: {:?}", String::from_utf8_lossy(&r.body));
+        }
+        assert_eq!(c.ops_get(service, "/ready").await.status, StatusCode::OK, "{service} /ready");
+        let metrics = c.ops_get(service, "/metrics").await;
+        assert_eq!(metrics.status, StatusCode::OK);
+        assert!(String::from_utf8_lossy(&metrics.body).contains("# EOF"), "{service} metrics are Prometheus text");
+    }
+    // The worker counts what it handled; the gateway counts requests by route.
+    c.create_brand("metered", "MT").await;
+    let worker = String::from_utf8_lossy(&c.ops_get("brands-worker", "/metrics").await.body).into_owned();
+    assert!(worker.contains("cls_commands_total{command=\"brands.create_brand\",outcome=\"handled\"} 1"), "{worker}");
+    let gateway = String::from_utf8_lossy(&c.ops_get("gateway", "/metrics").await.body).into_owned();
+    assert!(gateway.contains("route=\"create_brand\""), "{gateway}");
+    c.stop().await;
+}

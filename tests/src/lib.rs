@@ -44,6 +44,8 @@ pub struct TestCluster {
     /// `http://127.0.0.1:<port>` of the gateway.
     pub gateway: String,
     pub query_addr: std::net::SocketAddr,
+    /// Ops listeners by service name (`gateway`, `query`, `brands-worker` when in-process).
+    pub ops: HashMap<&'static str, std::net::SocketAddr>,
     /// Settings template of this cluster (service-specific fields are overridden per service).
     pub settings: Settings,
     /// A pool on the test's database, for checks the API does not expose.
@@ -111,11 +113,13 @@ impl TestCluster {
         let mut services = Vec::new();
         let query = cls_query::App::build(settings.clone()).await.expect("build query service");
         let query_addr = query.addr();
+        let mut ops = HashMap::from([("query", query.ops_addr())]);
         settings.query_url = format!("http://{query_addr}");
         services.push(spawn_service(|t| query.run_until_stopped(t)));
 
         let gateway = cls_gateway::App::build(settings.clone()).await.expect("build gateway");
         let gateway_url = format!("http://{}", gateway.addr());
+        ops.insert("gateway", gateway.ops_addr());
         services.push(spawn_service(|t| gateway.run_until_stopped(t)));
 
         let http = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
@@ -124,6 +128,7 @@ impl TestCluster {
             database_url,
             gateway: gateway_url,
             query_addr,
+            ops,
             settings,
             pool,
             http,
@@ -143,6 +148,7 @@ impl TestCluster {
     pub async fn start_worker(&mut self) {
         assert!(self.worker.is_none(), "worker already running");
         let worker = cls_brands_worker::build(self.settings.clone()).await.expect("build brands worker");
+        self.ops.insert("brands-worker", worker.ops_addr());
         self.worker = Some(spawn_service(|t| cls_brands_worker::run(worker, t)));
     }
 
@@ -206,6 +212,16 @@ impl TestCluster {
 
     pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> TestResponse {
         self.request(Method::GET, path, headers, None).await
+    }
+
+    /// `GET` on a service's ops listener.
+    pub async fn ops_get(&self, service: &str, path: &str) -> TestResponse {
+        let addr = self.ops[service];
+        let req = Request::builder().uri(format!("http://{addr}{path}")).body(Full::new(Bytes::new())).unwrap();
+        let response = self.http.request(req).await.expect("ops listener answers");
+        let (status, headers) = (response.status(), response.headers().clone());
+        let body = response.into_body().collect().await.expect("body").to_bytes();
+        TestResponse { status, headers, body }
     }
 
     /// POSTs JSON with the given extra headers.
