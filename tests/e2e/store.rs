@@ -156,3 +156,22 @@ async fn inbox_outbox_and_audit() {
     drop(conn);
     db.drop().await;
 }
+
+#[tokio::test]
+async fn retention_purges_old_outcomes_and_published_events_only() {
+    let db = database().await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let old = Utc::now() - chrono::TimeDelta::days(8);
+    let (old_id, new_id) = (Uuid::now_v7(), Uuid::now_v7());
+    for (id, at) in [(old_id, old), (new_id, Utc::now())] {
+        let cmd = NewCommand { command_id: id, module: "brands", command_type: "brands.x", principal: "admin", request_hash: "h", request_id: "r", received_at: at };
+        inbox::claim(&mut conn, &cmd).await.unwrap();
+        inbox::complete(&mut conn, id, 201, b"{}", false, at).await.unwrap();
+    }
+    let (outcomes, _) = cls_worker::retention::purge_once(&db.pool).await.unwrap();
+    assert_eq!(outcomes, 1);
+    assert!(inbox::find(&mut conn, old_id).await.unwrap().is_none());
+    assert!(inbox::find(&mut conn, new_id).await.unwrap().is_some());
+    drop(conn);
+    db.drop().await;
+}

@@ -5,11 +5,13 @@
 //!   Postgres transaction holding the inbox row, the state change, its audit entries and its
 //!   outbox events; commit, then reply, then ack. A duplicate delivery replays the stored outcome.
 //! - [`relay`]: publish committed outbox rows to `<ns>.events` with confirms.
+//! - [`retention`]: purges old stored outcomes and published events.
 //! - [`Worker`]: connects everything, serves the ops listener and runs until shutdown.
 
 pub mod command;
 pub mod consumer;
 pub mod relay;
+pub mod retention;
 mod worker;
 
 pub use command::{Audit, CommandContext, Dispatch, HandleError, Handled, NewEvent};

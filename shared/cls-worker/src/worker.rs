@@ -92,8 +92,10 @@ impl Worker {
         let drain = self.settings.shutdown_timeout;
         let ops_task = tokio::spawn(ops.serve(self.ops_listener, shutdown.clone()));
         let relay_task = tokio::spawn(relay.run(self.publish.clone(), shutdown.clone()));
+        let retention_task = tokio::spawn(crate::retention::run(self.pool.clone(), shutdown.clone()));
         consumer.run(self.consume.clone(), self.publish.clone(), shutdown.clone(), drain).await;
         let _ = relay_task.await;
+        let _ = retention_task.await;
         let _ = ops_task.await;
         let _ = self.consume.close(200, "shutdown".into()).await;
         let _ = self.publish.close(200, "shutdown".into()).await;
