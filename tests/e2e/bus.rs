@@ -10,7 +10,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, 
 
 #[tokio::test]
 async fn confirms_unroutable_and_request_reply() {
-    let mut c = TestCluster::spawn_with(cls_tests::Options { brands_worker: false, ..Default::default() }).await;
+    let mut c = TestCluster::spawn_with(cls_tests::Options { brands_workers: 0, ..Default::default() }).await;
     let (conn, ch) = c.amqp().await;
     let publisher = Publisher::open(&conn, Duration::from_secs(5)).await.unwrap();
     let exchange = c.topology().commands_exchange();

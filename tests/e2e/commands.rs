@@ -55,7 +55,7 @@ async fn idempotent_replay_returns_the_first_outcome_with_its_secret() {
 #[tokio::test]
 async fn reply_timeout_answers_202_and_the_command_still_completes() {
     // No worker at first: the command waits in its queue and the gateway gives up waiting.
-    let mut c = TestCluster::spawn_with(Options { brands_worker: false, reply_timeout: Duration::from_millis(300) }).await;
+    let mut c = TestCluster::spawn_with(Options { brands_workers: 0, reply_timeout: Duration::from_millis(300) }).await;
     let headers = [("x-admin-token", ADMIN_TOKEN), ("idempotency-key", "late-brand")];
     let body = json!({"slug": "late", "name": "Late", "key_prefix": "LT"});
     let r = c.post("/v1/admin/brands", &headers, &body).await;
@@ -150,4 +150,38 @@ async fn a_duplicate_delivery_changes_nothing() {
     let audits: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_entries WHERE action = 'product.created'").fetch_one(&c.pool).await.unwrap();
     assert_eq!(audits, 1);
     c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_the_work_and_each_command_runs_once() {
+    let c = std::sync::Arc::new(TestCluster::spawn_with(Options { brands_workers: 3, ..Default::default() }).await);
+    let (_brand, key) = c.brand_with_key("replicated", "RP").await;
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let (c, key) = (c.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"code": format!("r-{i}"), "name": "R"});
+            let idem = format!("replica-{i}");
+            // Each request sent twice, concurrently: still one product each.
+            let headers = [("x-api-key", key.as_str()), ("idempotency-key", idem.as_str())];
+            let (a, b) = tokio::join!(c.post("/v1/products", &headers, &body), c.post("/v1/products", &headers, &body));
+            assert_eq!((a.status, b.status), (StatusCode::CREATED, StatusCode::CREATED));
+            assert_eq!(a.json()["id"], b.json()["id"]);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let products: i64 = sqlx::query_scalar("SELECT count(*) FROM products").fetch_one(&c.pool).await.unwrap();
+    assert_eq!(products, 60);
+    // More than one replica did work.
+    let mut busy = 0;
+    for name in ["brands-worker", "brands-worker-1", "brands-worker-2"] {
+        let metrics = String::from_utf8_lossy(&c.ops_get(name, "/metrics").await.body).into_owned();
+        if metrics.contains("command=\"brands.create_product\",outcome=\"handled\"") {
+            busy += 1;
+        }
+    }
+    assert!(busy >= 2, "only {busy} replica(s) handled commands");
+    std::sync::Arc::into_inner(c).unwrap().stop().await;
 }

@@ -1,6 +1,7 @@
 //! A worker SIGKILLed mid-stream loses nothing and doubles nothing.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cls_tests::{Options, TestCluster, eventually};
@@ -11,18 +12,19 @@ const PRODUCTS: usize = 200;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn brands_worker_sigkilled_during_200_idempotent_creations() {
-    let c = Arc::new(TestCluster::spawn_with(Options { brands_worker: false, reply_timeout: Duration::from_secs(2) }).await);
+    let c = Arc::new(TestCluster::spawn_with(Options { brands_workers: 0, reply_timeout: Duration::from_secs(2) }).await);
     let mut worker = c.spawn_worker_process("cls-brands-worker");
     c.wait_ready().await;
     let (_brand, key) = c.brand_with_key("crashy", "CR").await;
 
     let clients = Arc::new(tokio::sync::Semaphore::new(16));
+    let accepted = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for i in 0..PRODUCTS {
-        let (c, key, clients) = (c.clone(), key.clone(), clients.clone());
+        let (c, key, clients, accepted) = (c.clone(), key.clone(), clients.clone(), accepted.clone());
         tasks.push(tokio::spawn(async move {
             let _slot = clients.acquire().await.unwrap();
-            create_until_done(&c, &key, i).await
+            create_until_done(&c, &key, i, &accepted).await
         }));
     }
 
@@ -32,6 +34,10 @@ async fn brands_worker_sigkilled_during_200_idempotent_creations() {
         eventually(Duration::from_secs(60), "progress before the kill", || async { products(&c).await >= target }).await;
         worker.start_kill().expect("SIGKILL");
         worker.wait().await.unwrap();
+        if round == 2 {
+            // Stay down past the reply timeout once, so clients also go through 202 + polling.
+            eventually(Duration::from_secs(30), "a client answered 202", || async { accepted.load(Ordering::Relaxed) > 0 }).await;
+        }
         worker = c.spawn_worker_process("cls-brands-worker");
     }
 
@@ -44,6 +50,7 @@ async fn brands_worker_sigkilled_during_200_idempotent_creations() {
     assert_eq!(products(&c).await, PRODUCTS as i64, "exactly one product per request");
     let events: i64 = sqlx::query_scalar("SELECT count(DISTINCT event_id) FROM outbox WHERE event_type = 'product.created'").fetch_one(&c.pool).await.unwrap();
     assert_eq!(events, PRODUCTS as i64);
+    assert!(via_202 > 0, "no client went through the 202 path");
     eprintln!("{via_202} of {PRODUCTS} clients completed through 202 + operation polling");
 
     worker.start_kill().unwrap();
@@ -57,7 +64,7 @@ async fn products(c: &TestCluster) -> i64 {
 
 /// A client that retries with its idempotency key until it gets 201 (directly or through the
 /// operation of a 202). Returns whether it went through a 202.
-async fn create_until_done(c: &TestCluster, key: &str, i: usize) -> bool {
+async fn create_until_done(c: &TestCluster, key: &str, i: usize, accepted: &AtomicUsize) -> bool {
     let idempotency_key = format!("product-{i}");
     let body = json!({"code": format!("p-{i}"), "name": format!("Product {i}")});
     let until = tokio::time::Instant::now() + Duration::from_secs(120);
@@ -67,6 +74,7 @@ async fn create_until_done(c: &TestCluster, key: &str, i: usize) -> bool {
         match r.status {
             StatusCode::CREATED => return false,
             StatusCode::ACCEPTED => {
+                accepted.fetch_add(1, Ordering::Relaxed);
                 let op = format!("/v1/operations/{}", r.json()["operation_id"].as_str().unwrap());
                 let until = tokio::time::Instant::now() + Duration::from_secs(60);
                 let done = loop {

@@ -26,14 +26,14 @@ pub const LOCAL_DATABASE: &str = "postgres://postgres@127.0.0.1:5432";
 /// How a test cluster is started.
 #[derive(Clone)]
 pub struct Options {
-    /// Run the brands worker in-process (false: the test starts one itself).
-    pub brands_worker: bool,
+    /// In-process brands worker replicas (0: the test starts its own).
+    pub brands_workers: usize,
     pub reply_timeout: Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { brands_worker: true, reply_timeout: Duration::from_secs(5) }
+        Options { brands_workers: 1, reply_timeout: Duration::from_secs(5) }
     }
 }
 
@@ -45,14 +45,14 @@ pub struct TestCluster {
     pub gateway: String,
     pub query_addr: std::net::SocketAddr,
     /// Ops listeners by service name (`gateway`, `query`, `brands-worker` when in-process).
-    pub ops: HashMap<&'static str, std::net::SocketAddr>,
+    pub ops: HashMap<String, std::net::SocketAddr>,
     /// Settings template of this cluster (service-specific fields are overridden per service).
     pub settings: Settings,
     /// A pool on the test's database, for checks the API does not expose.
     pub pool: cls_store::PgPool,
     http: Client<HttpConnector, Full<Bytes>>,
     services: Vec<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
-    worker: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
+    workers: Vec<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
     extra_queues: Vec<String>,
     stopped: bool,
 }
@@ -113,13 +113,13 @@ impl TestCluster {
         let mut services = Vec::new();
         let query = cls_query::App::build(settings.clone()).await.expect("build query service");
         let query_addr = query.addr();
-        let mut ops = HashMap::from([("query", query.ops_addr())]);
+        let mut ops = HashMap::from([("query".to_owned(), query.ops_addr())]);
         settings.query_url = format!("http://{query_addr}");
         services.push(spawn_service(|t| query.run_until_stopped(t)));
 
         let gateway = cls_gateway::App::build(settings.clone()).await.expect("build gateway");
         let gateway_url = format!("http://{}", gateway.addr());
-        ops.insert("gateway", gateway.ops_addr());
+        ops.insert("gateway".to_owned(), gateway.ops_addr());
         services.push(spawn_service(|t| gateway.run_until_stopped(t)));
 
         let http = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
@@ -133,28 +133,34 @@ impl TestCluster {
             pool,
             http,
             services,
-            worker: None,
+            workers: Vec::new(),
             extra_queues: Vec::new(),
             stopped: false,
         };
-        if options.brands_worker {
+        for _ in 0..options.brands_workers {
             cluster.start_worker().await;
+        }
+        if options.brands_workers > 0 {
             cluster.wait_ready().await;
         }
         cluster
     }
 
-    /// Starts the in-process brands worker.
+    /// Starts an in-process brands worker replica; its ops listener is `brands-worker` for the
+    /// first replica, `brands-worker-<n>` for the next ones.
     pub async fn start_worker(&mut self) {
-        assert!(self.worker.is_none(), "worker already running");
         let worker = cls_brands_worker::build(self.settings.clone()).await.expect("build brands worker");
-        self.ops.insert("brands-worker", worker.ops_addr());
-        self.worker = Some(spawn_service(|t| cls_brands_worker::run(worker, t)));
+        let name = match self.workers.len() {
+            0 => "brands-worker".to_owned(),
+            n => format!("brands-worker-{n}"),
+        };
+        self.ops.insert(name, worker.ops_addr());
+        self.workers.push(spawn_service(|t| cls_brands_worker::run(worker, t)));
     }
 
-    /// Stops the in-process brands worker gracefully.
-    pub async fn stop_worker(&mut self) {
-        if let Some((token, handle)) = self.worker.take() {
+    /// Stops the in-process brands worker replicas gracefully.
+    pub async fn stop_workers(&mut self) {
+        for (token, handle) in self.workers.drain(..) {
             token.cancel();
             handle.await.expect("worker task").expect("worker stopped cleanly");
         }
@@ -276,7 +282,7 @@ impl TestCluster {
 
     /// Stops every service and removes the database, the AMQP namespace and the Redis keys.
     pub async fn stop(mut self) {
-        self.stop_worker().await;
+        self.stop_workers().await;
         for (token, handle) in self.services.drain(..).rev() {
             token.cancel();
             let _ = handle.await;
