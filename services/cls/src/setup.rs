@@ -1,0 +1,48 @@
+//! Preparing the backing services: the database and its schema, and the AMQP topology.
+//! Both steps are idempotent, so `cls up` runs them on every start.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use cls_bus::Topology;
+
+/// Bound on opening the AMQP connection, so a broker that accepts TCP but never answers does
+/// not hang the command.
+const AMQP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Creates the database named in `database_url` if it is missing, then applies pending
+/// migrations (safe alongside other processes: the migrator takes an advisory lock).
+pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
+    cls_store::pool::create_database_if_missing(database_url).await?;
+    let pool = cls_store::pool::connect_now(database_url, 2, "cls-migrate").await?;
+    let migrated = cls_store::pool::migrate(&pool).await;
+    pool.close().await;
+    migrated?;
+    tracing::info!("database migrated");
+    Ok(())
+}
+
+/// Declares every exchange and queue of `namespace` (SPEC §5).
+pub async fn declare_topology(amqp_url: &str, namespace: &str) -> anyhow::Result<()> {
+    // A one-shot connection without `cls_bus::connect`'s automatic recovery: with recovery on,
+    // a refused connection is retried forever instead of failing.
+    let properties = lapin::ConnectionProperties::default().with_connection_name("cls-topology".into());
+    let conn = tokio::time::timeout(AMQP_CONNECT_TIMEOUT, lapin::Connection::connect(amqp_url, properties))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("cannot connect to RabbitMQ: no answer within {}s", AMQP_CONNECT_TIMEOUT.as_secs())
+        })?
+        .map_err(|e| anyhow::anyhow!("cannot connect to RabbitMQ: {e}"))?;
+    let declared = async {
+        let channel = conn.create_channel().await.context("cannot open an AMQP channel")?;
+        let declared = Topology::new(namespace).declare(&channel).await.context("cannot declare the AMQP topology");
+        // Close the channel before the connection, or lapin logs the closing channel as an error.
+        let _ = channel.close(200, "done".into()).await;
+        declared
+    }
+    .await;
+    let _ = conn.close(200, "done".into()).await;
+    declared?;
+    tracing::info!(namespace, "AMQP topology declared");
+    Ok(())
+}
