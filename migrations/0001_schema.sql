@@ -154,7 +154,7 @@ CREATE TABLE audit_entries (
     reason        text,
     at            timestamptz NOT NULL
 );
-CREATE INDEX audit_entries_by_target ON audit_entries (target_id, at DESC, id DESC);
+CREATE INDEX audit_entries_by_target ON audit_entries (target_id, id DESC);
 
 CREATE FUNCTION audit_entries_immutable() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

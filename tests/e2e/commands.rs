@@ -55,7 +55,7 @@ async fn idempotent_replay_returns_the_first_outcome_with_its_secret() {
 #[tokio::test]
 async fn reply_timeout_answers_202_and_the_command_still_completes() {
     // No worker at first: the command waits in its queue and the gateway gives up waiting.
-    let mut c = TestCluster::spawn_with(Options { brands_workers: 0, reply_timeout: Duration::from_millis(300) }).await;
+    let mut c = TestCluster::spawn_with(Options { brands_workers: 0, reply_timeout: Duration::from_millis(300), ..Default::default() }).await;
     let headers = [("x-admin-token", ADMIN_TOKEN), ("idempotency-key", "late-brand")];
     let body = json!({"slug": "late", "name": "Late", "key_prefix": "LT"});
     let r = c.post("/v1/admin/brands", &headers, &body).await;
@@ -73,7 +73,7 @@ async fn reply_timeout_answers_202_and_the_command_still_completes() {
     assert_eq!(retry.json()["operation_id"], operation_id.as_str());
     // Another principal cannot see it; an id never issued is 404.
     let (_, key) = {
-        c.start_worker().await;
+        c.start_worker(cls_tests::Module::Brands).await;
         c.wait_ready().await;
         c.brand_with_key("other", "OT").await
     };

@@ -12,7 +12,7 @@ const PRODUCTS: usize = 200;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn brands_worker_sigkilled_during_200_idempotent_creations() {
-    let c = Arc::new(TestCluster::spawn_with(Options { brands_workers: 0, reply_timeout: Duration::from_secs(2) }).await);
+    let c = Arc::new(TestCluster::spawn_with(Options { brands_workers: 0, reply_timeout: Duration::from_secs(2), ..Default::default() }).await);
     let mut worker = c.spawn_worker_process("cls-brands-worker");
     c.wait_ready().await;
     let (_brand, key) = c.brand_with_key("crashy", "CR").await;

@@ -149,7 +149,7 @@ async fn inbox_outbox_and_audit() {
         at: chrono::SubsecRound::trunc_subsecs(Utc::now(), 6),
     };
     audit::append(&mut conn, std::slice::from_ref(&entry)).await.unwrap();
-    assert_eq!(audit::list_for_target(&mut conn, entry.target_id, 10).await.unwrap(), vec![entry.clone()]);
+    assert_eq!(audit::list_for_target(&mut conn, entry.target_id, None, 10).await.unwrap(), vec![entry.clone()]);
     assert!(sqlx::query("UPDATE audit_entries SET reason = 'x'").execute(&mut *conn).await.is_err());
     assert!(sqlx::query("DELETE FROM audit_entries").execute(&mut *conn).await.is_err());
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cls_bus::Topology;
+pub use cls_contracts::Module;
 use cls_runtime::{CancellationToken, Secret, ServiceKind, Settings};
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
@@ -28,12 +29,14 @@ pub const LOCAL_DATABASE: &str = "postgres://postgres@127.0.0.1:5432";
 pub struct Options {
     /// In-process brands worker replicas (0: the test starts its own).
     pub brands_workers: usize,
+    /// In-process licenses worker replicas (0: the test starts its own).
+    pub licenses_workers: usize,
     pub reply_timeout: Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { brands_workers: 1, reply_timeout: Duration::from_secs(5) }
+        Options { brands_workers: 1, licenses_workers: 1, reply_timeout: Duration::from_secs(5) }
     }
 }
 
@@ -138,27 +141,37 @@ impl TestCluster {
             stopped: false,
         };
         for _ in 0..options.brands_workers {
-            cluster.start_worker().await;
+            cluster.start_worker(Module::Brands).await;
         }
-        if options.brands_workers > 0 {
+        for _ in 0..options.licenses_workers {
+            cluster.start_worker(Module::Licenses).await;
+        }
+        if options.brands_workers > 0 && options.licenses_workers > 0 {
             cluster.wait_ready().await;
         }
         cluster
     }
 
-    /// Starts an in-process brands worker replica; its ops listener is `brands-worker` for the
-    /// first replica, `brands-worker-<n>` for the next ones.
-    pub async fn start_worker(&mut self) {
-        let worker = cls_brands_worker::build(self.settings.clone()).await.expect("build brands worker");
-        let name = match self.workers.len() {
-            0 => "brands-worker".to_owned(),
-            n => format!("brands-worker-{n}"),
+    /// Starts an in-process worker replica of a module; its ops listener is `<module>-worker`
+    /// for the first replica, `<module>-worker-<n>` for the next ones.
+    pub async fn start_worker(&mut self, module: Module) {
+        let settings = self.settings.clone();
+        let worker = match module {
+            Module::Brands => cls_brands_worker::build(settings).await,
+            Module::Licenses => cls_licenses_worker::build(settings).await,
+            Module::Activations => panic!("no activations worker yet"),
+        }
+        .expect("build worker");
+        let base = format!("{}-worker", module.as_str());
+        let name = match self.ops.keys().filter(|k| k.starts_with(&base)).count() {
+            0 => base,
+            n => format!("{base}-{n}"),
         };
         self.ops.insert(name, worker.ops_addr());
-        self.workers.push(spawn_service(|t| cls_brands_worker::run(worker, t)));
+        self.workers.push(spawn_service(|t| worker.run_until_stopped(t)));
     }
 
-    /// Stops the in-process brands worker replicas gracefully.
+    /// Stops the in-process worker replicas gracefully.
     pub async fn stop_workers(&mut self) {
         for (token, handle) in self.workers.drain(..) {
             token.cancel();

@@ -27,7 +27,9 @@ fn dispatch<'a>(
     ctx: &'a CommandContext,
 ) -> std::pin::Pin<Box<dyn Future<Output = Result<Handled, HandleError>> + Send + 'a>> {
     Box::pin(async move {
-        let Command::Brands(command) = &ctx.command;
+        let Command::Brands(command) = &ctx.command else {
+            return Err(HandleError::malformed("not a brands command"));
+        };
         match command {
             BrandsCommand::CreateBrand(c) => create_brand(conn, ctx, c).await,
             BrandsCommand::CreateApiKey(c) => create_api_key(conn, ctx, c).await,
@@ -178,7 +180,7 @@ async fn create_product(conn: &mut PgConnection, ctx: &CommandContext, c: &Creat
         }
         WriteError::Store(e) => e.into(),
     })?;
-    let body = product_body(&product);
+    let body = cls_store::views::product(&product);
     Ok(Handled {
         status: 201,
         body: json!(body),
@@ -199,18 +201,6 @@ async fn create_product(conn: &mut PgConnection, ctx: &CommandContext, c: &Creat
         }],
         audit: vec![audit(Some(brand), "product.created", "product", product.id)],
     })
-}
-
-/// The Product body of SPEC §3 (also used by the query service's listing).
-pub fn product_body(p: &brands::ProductRecord) -> http::Product {
-    http::Product {
-        id: p.id.to_string(),
-        code: p.code.clone(),
-        name: p.name.clone(),
-        default_seat_limit: p.default_seat_limit.map(|n| n as u32),
-        default_duration_days: p.default_duration_days.map(|n| n as u32),
-        created_at: format_time(p.created_at),
-    }
 }
 
 fn audit(brand_id: Option<Uuid>, action: &'static str, target_type: &'static str, target_id: Uuid) -> Audit {

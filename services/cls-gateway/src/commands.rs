@@ -1,11 +1,14 @@
 //! Turning a write request into a command: parse the JSON body, validate every field into domain
 //! types (collecting every error for one 400), and emit the normalized command.
 
-use cls_contracts::command::{BrandsCommand, Command, CreateApiKey, CreateBrand, CreateProduct, RevokeApiKey};
-use cls_contracts::http::{CreateApiKeyRequest, CreateBrandRequest, CreateProductRequest};
+use cls_contracts::command::{
+    BrandsCommand, Command, CreateApiKey, CreateBrand, CreateProduct, KeyChoice, LicensesCommand, Provision, ProvisionItem, RevokeApiKey,
+    Setting,
+};
+use cls_contracts::http::{CreateApiKeyRequest, CreateBrandRequest, CreateProductRequest, ProvisionRequest};
 use cls_contracts::problem::FieldProblem;
 use cls_domain::{
-    ApiKeyName, BrandName, BrandSlug, DEFAULT_DURATION_DAYS, DEFAULT_SEAT_LIMIT, DurationDays, FieldError, KeyPrefix, ProductCode,
+    ApiKeyName, Email, LicenseKey, BrandName, BrandSlug, DEFAULT_DURATION_DAYS, DEFAULT_SEAT_LIMIT, DurationDays, FieldError, KeyPrefix, ProductCode,
     ProductName, Scopes, SeatLimit,
 };
 use serde::de::DeserializeOwned;
@@ -18,6 +21,9 @@ pub enum Invalid {
     /// 404: a path id that cannot exist.
     NotFound,
 }
+
+/// Most products one provisioning may carry (SPEC §3).
+const MAX_PROVISION_ITEMS: usize = 20;
 
 /// Collects field errors so the caller sees all of them at once.
 #[derive(Default)]
@@ -105,6 +111,64 @@ pub fn create_product(brand_id: &str, body: &[u8]) -> Result<Command, Invalid> {
             name: name?.into_inner(),
             default_seat_limit: seats?,
             default_duration_days: days?,
+        })))
+    })
+}
+
+pub fn provision(brand_id: &str, body: &[u8]) -> Result<Command, Invalid> {
+    let req: ProvisionRequest = parse_json(body)?;
+    let mut f = Fields::default();
+    let email = f.check("customer_email", Email::parse(&req.customer_email));
+    if req.products.is_empty() || req.products.len() > MAX_PROVISION_ITEMS {
+        f.0.push(FieldProblem { field: "products".into(), message: format!("must hold 1 to {MAX_PROVISION_ITEMS} products") });
+    }
+    let mut items = Vec::with_capacity(req.products.len());
+    let mut seen = std::collections::HashSet::new();
+    for (i, item) in req.products.iter().enumerate() {
+        let code = f.check(&format!("products[{i}].code"), ProductCode::parse(&item.code));
+        if let Some(code) = &code {
+            if !seen.insert(code.as_str().to_owned()) {
+                f.0.push(FieldProblem { field: format!("products[{i}].code"), message: "appears twice; codes must be distinct".into() });
+            }
+        }
+        let seat_limit = match item.seat_limit {
+            None => Some(Setting::Default),
+            Some(None) => Some(Setting::None),
+            Some(Some(n)) => f.check(&format!("products[{i}].seat_limit"), SeatLimit::new(n)).map(|s| Setting::Value(s.get())),
+        };
+        let expires_at = match &item.expires_at {
+            None => Some(Setting::Default),
+            Some(None) => Some(Setting::None),
+            Some(Some(s)) => match cls_contracts::parse_time(s) {
+                Some(t) => Some(Setting::Value(cls_contracts::format_time(t))),
+                None => {
+                    f.0.push(FieldProblem { field: format!("products[{i}].expires_at"), message: "must be an RFC 3339 time".into() });
+                    None
+                }
+            },
+        };
+        if let (Some(code), Some(seat_limit), Some(expires_at)) = (code, seat_limit, expires_at) {
+            items.push(ProvisionItem { code: code.into_inner(), seat_limit, expires_at });
+        }
+    }
+    let new_key = req.new_key.unwrap_or(false);
+    let key = match (&req.license_key_id, &req.import_key) {
+        (Some(_), _) if new_key || req.import_key.is_some() => {
+            f.0.push(FieldProblem { field: "license_key_id".into(), message: "cannot be combined with new_key or import_key".into() });
+            None
+        }
+        (Some(id), None) => Some(KeyChoice::Existing { license_key_id: id.clone() }),
+        (None, Some(key)) => f.check("import_key", LicenseKey::parse_import(key)).map(|k| KeyChoice::Import { key: k.expose().to_owned() }),
+        (None, None) if new_key => Some(KeyChoice::New),
+        (None, None) => Some(KeyChoice::Latest),
+        (Some(_), Some(_)) => unreachable!("handled by the first arm"),
+    };
+    f.finish(|| {
+        Some(Command::Licenses(LicensesCommand::Provision(Provision {
+            brand_id: brand_id.to_owned(),
+            customer_email: email?.into_inner(),
+            products: items,
+            key: key?,
         })))
     })
 }

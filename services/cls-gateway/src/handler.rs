@@ -79,9 +79,16 @@ async fn dispatch(state: &State, route: Route, req: Request<Incoming>, request_i
             Ok(()) => cls_runtime::http::json(StatusCode::OK, r#"{"status":"ready"}"#),
             Err(reason) => with_retry_after(problem(ProblemCode::Unavailable, &reason, request_id)),
         },
-        Route::ListBrands | Route::ListApiKeys { .. } | Route::ListProducts | Route::GetOperation { .. } => {
-            forward(state, &req, principal.as_ref(), request_id).await
-        }
+        Route::ListBrands
+        | Route::ListApiKeys { .. }
+        | Route::ListProducts
+        | Route::GetOperation { .. }
+        | Route::ListLicenses
+        | Route::GetLicense { .. }
+        | Route::LicenseHistory { .. }
+        | Route::EcosystemLicenses => forward(state, &req, principal.as_ref(), request_id).await,
+        Route::LookupKey => lookup_key(state, req, principal.as_ref(), request_id).await,
+        Route::Provision => command(state, req, principal, request_id, true, |b| commands::provision(&brand_id, b)).await,
         Route::CreateBrand => command(state, req, principal, request_id, true, commands::create_brand).await,
         Route::CreateApiKey { brand_id } => {
             command(state, req, principal, request_id, true, |b| commands::create_api_key(&brand_id, b)).await
@@ -242,14 +249,43 @@ fn reply_response(reply: Reply) -> Response<Body> {
 async fn forward(state: &State, req: &Request<Incoming>, principal: Option<&Principal>, request_id: &str) -> Response<Body> {
     let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
     match state.query.send(Method::GET, path_and_query, principal, request_id, None).await {
-        Ok(answer) => {
-            let mut r = Response::new(Body::new(answer.body));
-            *r.status_mut() = answer.status;
-            if let Some(ct) = answer.content_type {
-                r.headers_mut().insert(header::CONTENT_TYPE, ct);
-            }
-            r
-        }
+        Ok(answer) => passthrough(answer),
+        Err(_) => with_retry_after(problem(ProblemCode::Unavailable, "Reads are temporarily unavailable.", request_id)),
+    }
+}
+
+fn passthrough(answer: crate::query::Answer) -> Response<Body> {
+    let mut r = Response::new(Body::new(answer.body));
+    *r.status_mut() = answer.status;
+    if let Some(ct) = answer.content_type {
+        r.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    r
+}
+
+/// `POST /v1/license-keys/lookup`: the pasted key is hashed here, so only its hash reaches the
+/// query service.
+async fn lookup_key(state: &State, req: Request<Incoming>, principal: Option<&Principal>, request_id: &str) -> Response<Body> {
+    if !is_json(&req) {
+        return problem(ProblemCode::UnsupportedMediaType, "Send the body as application/json.", request_id);
+    }
+    let body = match read_body(req.into_body()).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => return problem(ProblemCode::PayloadTooLarge, "The request body is over 64 KiB.", request_id),
+        Err(BodyError::Unreadable) => return invalid("body", "could not be read", request_id),
+    };
+    let lookup: cls_contracts::http::LookupRequest = match commands::parse_json(&body) {
+        Ok(l) => l,
+        Err(Invalid::Fields(errors)) => return problem_body(Problem::invalid(errors, request_id)),
+        Err(Invalid::NotFound) => return problem(ProblemCode::NotFound, "Not found.", request_id),
+    };
+    let key = match cls_domain::LicenseKey::parse(&lookup.license_key) {
+        Ok(k) => k,
+        Err(e) => return invalid("license_key", &e.message, request_id),
+    };
+    let internal = serde_json::to_vec(&cls_contracts::internal::LookupKey { key_hash: key.hash().into_inner() }).expect("serializable");
+    match state.query.send(Method::POST, "/internal/license-keys/lookup", principal, request_id, Some(internal)).await {
+        Ok(answer) => passthrough(answer),
         Err(_) => with_retry_after(problem(ProblemCode::Unavailable, "Reads are temporarily unavailable.", request_id)),
     }
 }

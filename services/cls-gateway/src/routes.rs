@@ -16,6 +16,12 @@ pub enum Route {
     CreateProduct,
     ListProducts,
     GetOperation { id: String },
+    Provision,
+    ListLicenses,
+    GetLicense { id: String },
+    LicenseHistory { id: String },
+    LookupKey,
+    EcosystemLicenses,
 }
 
 /// Who may call a route.
@@ -50,6 +56,11 @@ impl Route {
             ["v1", "admin", "api-keys", id] => vec![(Method::DELETE, Route::RevokeApiKey { api_key_id: owned(id) })],
             ["v1", "products"] => vec![(Method::POST, Route::CreateProduct), (Method::GET, Route::ListProducts)],
             ["v1", "operations", id] => vec![(Method::GET, Route::GetOperation { id: owned(id) })],
+            ["v1", "licenses"] => vec![(Method::POST, Route::Provision), (Method::GET, Route::ListLicenses)],
+            ["v1", "licenses", id] => vec![(Method::GET, Route::GetLicense { id: owned(id) })],
+            ["v1", "licenses", id, "history"] => vec![(Method::GET, Route::LicenseHistory { id: owned(id) })],
+            ["v1", "license-keys", "lookup"] => vec![(Method::POST, Route::LookupKey)],
+            ["v1", "ecosystem", "licenses"] => vec![(Method::GET, Route::EcosystemLicenses)],
             _ => return Err(Miss::NotFound),
         };
         let allowed: Vec<&Method> = candidates.iter().map(|(m, _)| m).collect();
@@ -65,8 +76,11 @@ impl Route {
             Route::CreateBrand | Route::ListBrands | Route::CreateApiKey { .. } | Route::ListApiKeys { .. } | Route::RevokeApiKey { .. } => {
                 Access::Admin
             }
-            Route::CreateProduct => Access::Brand(Scope::LicensesWrite),
-            Route::ListProducts => Access::Brand(Scope::LicensesRead),
+            Route::CreateProduct | Route::Provision => Access::Brand(Scope::LicensesWrite),
+            Route::ListProducts | Route::ListLicenses | Route::GetLicense { .. } | Route::LicenseHistory { .. } | Route::LookupKey => {
+                Access::Brand(Scope::LicensesRead)
+            }
+            Route::EcosystemLicenses => Access::Brand(Scope::EcosystemRead),
             Route::GetOperation { .. } => Access::AdminOrBrand,
         }
     }
@@ -84,6 +98,12 @@ impl Route {
             Route::CreateProduct => "create_product",
             Route::ListProducts => "list_products",
             Route::GetOperation { .. } => "get_operation",
+            Route::Provision => "provision",
+            Route::ListLicenses => "list_licenses",
+            Route::GetLicense { .. } => "get_license",
+            Route::LicenseHistory { .. } => "license_history",
+            Route::LookupKey => "lookup_key",
+            Route::EcosystemLicenses => "ecosystem_licenses",
         }
     }
 }
@@ -91,10 +111,12 @@ impl Route {
 /// The `Allow` sets are few and fixed; map them to statics instead of allocating per request.
 fn leak_methods(allowed: &[&Method]) -> &'static [Method] {
     const GET: &[Method] = &[Method::GET];
+    const POST: &[Method] = &[Method::POST];
     const DELETE: &[Method] = &[Method::DELETE];
     const GET_POST: &[Method] = &[Method::GET, Method::POST];
     match allowed {
         [m] if **m == Method::GET => GET,
+        [m] if **m == Method::POST => POST,
         [m] if **m == Method::DELETE => DELETE,
         _ => GET_POST,
     }

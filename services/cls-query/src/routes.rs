@@ -4,11 +4,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cls_contracts::http::{self, Page};
-use cls_contracts::internal::{INTERNAL_TOKEN_HEADER, PRINCIPAL_HEADER, RegisterOperation, ResolveApiKey};
+use cls_contracts::internal::{INTERNAL_TOKEN_HEADER, LookupKey, PRINCIPAL_HEADER, RegisterOperation, ResolveApiKey};
 use cls_contracts::{Principal, Problem, ProblemCode, format_time};
-use cls_domain::KeyHash;
+use chrono::Utc;
+use cls_domain::{Email, KeyHash};
 use cls_runtime::http::{Body, json};
-use cls_store::brands;
+use cls_store::{audit, brands, licenses, views};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -118,14 +119,61 @@ async fn route(state: &State, req: Request<Incoming>, request_id: &str) -> Reply
             let (after, limit) = paging(&query, request_id)?;
             let mut conn = state.pool.acquire().await.map_err(|e| internal_error(e.into()))?;
             let rows = brands::list_products(&mut conn, brand_id, after, limit + 1).await.map_err(internal_error)?;
-            Ok(page(rows, limit, |p| p.id, |p| http::Product {
-                id: p.id.to_string(),
-                code: p.code,
-                name: p.name,
-                default_seat_limit: p.default_seat_limit.map(|n| n as u32),
-                default_duration_days: p.default_duration_days.map(|n| n as u32),
-                created_at: format_time(p.created_at),
-            }))
+            Ok(page(rows, limit, |p| p.id, |p| cls_store::views::product(&p)))
+        }
+        (&Method::GET, ["v1", "licenses"], Some(Principal::ApiKey { brand_id, .. })) => {
+            let brand_id = parse_id(&brand_id, ProblemCode::NotFound, request_id)?;
+            let email = email_param(&query, false, request_id)?;
+            let (after, limit) = paging(&query, request_id)?;
+            let mut conn = state.pool.acquire().await.map_err(|e| internal_error(e.into()))?;
+            let rows = licenses::list_licenses(&mut conn, brand_id, email.as_ref(), after, limit + 1).await.map_err(internal_error)?;
+            let now = Utc::now();
+            Ok(page(rows, limit, |l| l.id, |l| http::ListedLicense { license: views::license(&l, now), customer_email: l.customer_email }))
+        }
+        (&Method::GET, ["v1", "licenses", id], Some(Principal::ApiKey { brand_id, .. })) => {
+            let brand_id = parse_id(&brand_id, ProblemCode::NotFound, request_id)?;
+            let id = parse_id(id, ProblemCode::NotFound, request_id)?;
+            let mut conn = state.pool.acquire().await.map_err(|e| internal_error(e.into()))?;
+            let license = licenses::license(&mut conn, brand_id, id).await.map_err(internal_error)?.ok_or_else(|| license_not_found(request_id))?;
+            let activations = licenses::active_activations(&mut conn, id).await.map_err(internal_error)?;
+            let detail = http::LicenseDetail { license: views::license(&license, Utc::now()), activations: activations.iter().map(views::activation).collect() };
+            Ok(json(StatusCode::OK, serde_json::to_vec(&detail).expect("serializable")))
+        }
+        (&Method::GET, ["v1", "licenses", id, "history"], Some(Principal::ApiKey { brand_id, .. })) => {
+            let brand_id = parse_id(&brand_id, ProblemCode::NotFound, request_id)?;
+            let id = parse_id(id, ProblemCode::NotFound, request_id)?;
+            let (before, limit) = paging(&query, request_id)?;
+            let mut conn = state.pool.acquire().await.map_err(|e| internal_error(e.into()))?;
+            licenses::license(&mut conn, brand_id, id).await.map_err(internal_error)?.ok_or_else(|| license_not_found(request_id))?;
+            let rows = audit::list_for_target(&mut conn, id, before, limit + 1).await.map_err(internal_error)?;
+            Ok(page(rows, limit, |e| e.id, |e| views::audit_entry(&e)))
+        }
+        (&Method::POST, ["internal", "license-keys", "lookup"], Some(Principal::ApiKey { brand_id, .. })) => {
+            let brand_id = parse_id(&brand_id, ProblemCode::NotFound, request_id)?;
+            let body: LookupKey = read_json(req, request_id).await?;
+            let not_found = || Problem::new(ProblemCode::LicenseKeyNotFound, "No such license key.", request_id);
+            let hash = KeyHash::from_hex(&body.key_hash).map_err(|_| not_found())?;
+            let mut conn = state.pool.acquire().await.map_err(|e| internal_error(e.into()))?;
+            // Another brand's key answers exactly like an unknown one.
+            let key = licenses::find_key_by_hash(&mut conn, &hash).await.map_err(internal_error)?.filter(|k| k.brand_id == brand_id).ok_or_else(not_found)?;
+            let held = licenses::licenses_of_key(&mut conn, key.id).await.map_err(internal_error)?;
+            let now = Utc::now();
+            let answer = http::LookedUpKey {
+                id: key.id.to_string(),
+                key_hint: key.key_hint,
+                customer_email: key.customer_email,
+                created_at: format_time(key.created_at),
+                licenses: held.iter().map(|l| views::license(l, now)).collect(),
+            };
+            Ok(json(StatusCode::OK, serde_json::to_vec(&answer).expect("serializable")))
+        }
+        (&Method::GET, ["v1", "ecosystem", "licenses"], Some(Principal::ApiKey { .. })) => {
+            let email = email_param(&query, true, request_id)?.expect("required");
+            let (after, limit) = paging(&query, request_id)?;
+            let mut conn = state.pool.acquire().await.map_err(|e| internal_error(e.into()))?;
+            let rows = licenses::ecosystem_licenses(&mut conn, &email, after, limit + 1).await.map_err(internal_error)?;
+            let now = Utc::now();
+            Ok(page(rows, limit, |l| l.id, |l| views::ecosystem_license(&l, now)))
         }
         _ => Err(Problem::new(ProblemCode::NotFound, "No such route for this principal.", request_id)),
     }
@@ -135,9 +183,8 @@ async fn route(state: &State, req: Request<Incoming>, request_id: &str) -> Reply
 fn paging(query: &str, request_id: &str) -> Result<(Option<Uuid>, i64), Problem> {
     let mut limit = 50;
     let mut after = None;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match key.as_ref() {
             "limit" => match value.parse::<i64>() {
                 Ok(n) if (1..=200).contains(&n) => limit = n,
                 _ => return Err(invalid("limit", "must be a whole number from 1 to 200", request_id)),
@@ -150,6 +197,15 @@ fn paging(query: &str, request_id: &str) -> Result<(Option<Uuid>, i64), Problem>
         }
     }
     Ok((after, limit))
+}
+
+/// `?customer_email=`, normalized; `required` makes its absence a 400.
+fn email_param(query: &str, required: bool, request_id: &str) -> Result<Option<Email>, Problem> {
+    match form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "customer_email") {
+        Some((_, v)) => Email::parse(&v).map(Some).map_err(|e| invalid("customer_email", &e.message, request_id)),
+        None if required => Err(invalid("customer_email", "is required", request_id)),
+        None => Ok(None),
+    }
 }
 
 fn invalid(field: &str, message: &str, request_id: &str) -> Problem {
@@ -169,6 +225,10 @@ fn page<R, T: serde::Serialize>(mut rows: Vec<R>, limit: i64, id: impl Fn(&R) ->
     };
     let page = Page { items: rows.into_iter().map(to_item).collect(), next_cursor };
     json(StatusCode::OK, serde_json::to_vec(&page).expect("serializable"))
+}
+
+fn license_not_found(request_id: &str) -> Problem {
+    Problem::new(ProblemCode::NotFound, "No license with this id.", request_id)
 }
 
 fn parse_id(s: &str, not_found: ProblemCode, request_id: &str) -> Result<Uuid, Problem> {

@@ -45,7 +45,7 @@ pub struct WorkerKind {
 /// Every worker kind, in start order. A new kind is one more line here.
 pub const WORKER_KINDS: &[WorkerKind] = &[
     WorkerKind { module: Module::Brands, binary: "cls-brands-worker", required: true },
-    WorkerKind { module: Module::Licenses, binary: "cls-licenses-worker", required: false },
+    WorkerKind { module: Module::Licenses, binary: "cls-licenses-worker", required: true },
     WorkerKind { module: Module::Activations, binary: "cls-activations-worker", required: false },
 ];
 

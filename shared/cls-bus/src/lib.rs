@@ -18,15 +18,23 @@ use lapin::ConnectionProperties;
 /// `content_type` of every CLS message.
 pub const MSGPACK: &str = "application/msgpack";
 
+/// How long opening a connection may take. With automatic recovery on, lapin keeps retrying a
+/// refused first connection instead of failing, so the bound is ours: a process that cannot
+/// reach the broker at startup fails with a clear error (and its supervisor restarts it)
+/// instead of hanging without an ops listener.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Opens a connection with automatic recovery (lapin re-creates the connection, channels in
 /// confirm mode and consumers after a broker restart); `name` shows in the broker's tools.
 pub async fn connect(url: &str, name: &str) -> anyhow::Result<Connection> {
     let properties = ConnectionProperties::default()
         .enable_auto_recover()
         .with_connection_name(name.to_owned().into());
-    Connection::connect(url, properties)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to RabbitMQ: {e}"))
+    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties)).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(anyhow::anyhow!("cannot connect to RabbitMQ: {e}")),
+        Err(_) => Err(anyhow::anyhow!("cannot connect to RabbitMQ within {CONNECT_TIMEOUT:?}")),
+    }
 }
 
 /// Whether the connection is usable right now, for `/health/broker`.

@@ -62,7 +62,7 @@ impl Publisher {
                 .channel
                 .basic_publish(exchange.into(), routing_key.into(), options, payload, properties)
                 .await?;
-            Ok::<_, lapin::Error>(pending.await?)
+            pending.await
         };
         let confirmation = tokio::time::timeout(self.confirm_timeout, confirm)
             .await

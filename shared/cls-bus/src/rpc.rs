@@ -65,7 +65,7 @@ impl RpcClient {
         let options = BasicPublishOptions { mandatory: true, ..Default::default() };
         let confirm = async {
             let pending = channel.basic_publish(exchange.into(), routing_key.into(), options, payload, properties).await?;
-            Ok::<_, lapin::Error>(pending.await?)
+            pending.await
         };
         let timeout = deadline.saturating_duration_since(Instant::now());
         let confirmation = tokio::time::timeout_at(deadline, confirm).await.map_err(|_| PublishError::Timeout(timeout))??;

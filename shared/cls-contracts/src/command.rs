@@ -80,12 +80,14 @@ pub struct CommandEnvelope {
 #[serde(tag = "module", content = "command", rename_all = "snake_case")]
 pub enum Command {
     Brands(BrandsCommand),
+    Licenses(LicensesCommand),
 }
 
 impl Command {
     pub fn module(&self) -> Module {
         match self {
             Command::Brands(_) => Module::Brands,
+            Command::Licenses(_) => Module::Licenses,
         }
     }
 
@@ -97,6 +99,9 @@ impl Command {
                 BrandsCommand::CreateApiKey(_) => "brands.create_api_key",
                 BrandsCommand::RevokeApiKey(_) => "brands.revoke_api_key",
                 BrandsCommand::CreateProduct(_) => "brands.create_product",
+            },
+            Command::Licenses(c) => match c {
+                LicensesCommand::Provision(_) => "licenses.provision",
             },
         }
     }
@@ -141,6 +146,56 @@ pub struct CreateProduct {
     pub default_seat_limit: Option<u32>,
     /// Already resolved from "absent" (365) vs `null` (perpetual) by the gateway.
     pub default_duration_days: Option<u32>,
+}
+
+/// Commands of the licenses module.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+pub enum LicensesCommand {
+    Provision(Provision),
+}
+
+/// US1: licenses for one customer on one key (SPEC §3 `POST /v1/licenses`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Provision {
+    pub brand_id: String,
+    /// Normalized email.
+    pub customer_email: String,
+    /// 1-20 items with distinct codes.
+    pub products: Vec<ProvisionItem>,
+    pub key: KeyChoice,
+}
+
+/// Which key the licenses go on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum KeyChoice {
+    /// `license_key_id`: this brand's key, whose email must match.
+    Existing { license_key_id: String },
+    /// `import_key`: a key from the brand's previous system (normalized); 409 if it exists anywhere.
+    Import { key: String },
+    /// The brand's most recent key for the email, or a new one if there is none.
+    Latest,
+    /// `new_key: true`: always a new generated key.
+    New,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProvisionItem {
+    pub code: String,
+    pub seat_limit: Setting<u32>,
+    /// RFC 3339; may be in the past (imports).
+    pub expires_at: Setting<String>,
+}
+
+/// A field that may be absent (the product's default), `null` (none: unlimited / perpetual) or
+/// a value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum Setting<T> {
+    Default,
+    None,
+    Value(T),
 }
 
 /// The worker's answer, sent to the RPC `reply_to` after commit, and the stored outcome of the

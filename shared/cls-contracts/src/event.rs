@@ -40,6 +40,10 @@ pub enum Event {
     ApiKeyRevoked(ApiKeyRevoked),
     #[serde(rename = "product.created")]
     ProductCreated(ProductCreated),
+    #[serde(rename = "license_key.created")]
+    LicenseKeyCreated(LicenseKeyCreated),
+    #[serde(rename = "license.provisioned")]
+    LicenseProvisioned(LicenseProvisioned),
 }
 
 impl Event {
@@ -50,12 +54,14 @@ impl Event {
             Event::ApiKeyCreated(_) => "api_key.created",
             Event::ApiKeyRevoked(_) => "api_key.revoked",
             Event::ProductCreated(_) => "product.created",
+            Event::LicenseKeyCreated(_) => "license_key.created",
+            Event::LicenseProvisioned(_) => "license.provisioned",
         }
     }
 
     /// Every event type this version of CLS can emit.
     pub const ALL_TYPES: &'static [&'static str] =
-        &["brand.created", "api_key.created", "api_key.revoked", "product.created"];
+        &["brand.created", "api_key.created", "api_key.revoked", "product.created", "license_key.created", "license.provisioned"];
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,6 +99,30 @@ pub struct ProductCreated {
     pub name: String,
     pub default_seat_limit: Option<u32>,
     pub default_duration_days: Option<u32>,
+    pub created_at: String,
+}
+
+/// A new license key: its hint, never the key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LicenseKeyCreated {
+    pub license_key_id: String,
+    pub brand_id: String,
+    pub customer_email: String,
+    pub key_hint: String,
+    pub imported: bool,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LicenseProvisioned {
+    pub license_id: String,
+    pub license_key_id: String,
+    pub brand_id: String,
+    pub customer_email: String,
+    pub product: String,
+    pub status: String,
+    pub expires_at: Option<String>,
+    pub seat_limit: Option<u32>,
     pub created_at: String,
 }
 

@@ -44,6 +44,142 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// `POST /v1/licenses` (US1).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionRequest {
+    pub customer_email: String,
+    pub products: Vec<ProvisionItemRequest>,
+    #[serde(default)]
+    pub license_key_id: Option<String>,
+    #[serde(default)]
+    pub new_key: Option<bool>,
+    #[serde(default)]
+    pub import_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionItemRequest {
+    pub code: String,
+    #[serde(default, deserialize_with = "present")]
+    pub seat_limit: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    pub expires_at: Option<Option<String>>,
+}
+
+/// `POST /v1/license-keys/lookup`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupRequest {
+    pub license_key: String,
+}
+
+/// A license as every answer shows it (SPEC §3 "License").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct License {
+    pub id: String,
+    pub license_key_id: String,
+    pub key_hint: String,
+    pub product: String,
+    /// The effective status.
+    pub status: String,
+    pub expires_at: Option<String>,
+    pub seat_limit: Option<u32>,
+    pub seats_used: u32,
+    /// Null when unlimited.
+    pub seats_remaining: Option<u32>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub version: i64,
+}
+
+/// The key part of a provisioning answer; `key` only when this request created the key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProvisionedKey {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    pub key_hint: String,
+    pub customer_email: String,
+    pub created: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Provisioned {
+    pub license_key: ProvisionedKey,
+    pub licenses: Vec<License>,
+}
+
+/// `GET /v1/licenses/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LicenseDetail {
+    #[serde(flatten)]
+    pub license: License,
+    pub activations: Vec<Activation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Activation {
+    pub id: String,
+    pub instance_id: String,
+    pub instance_name: Option<String>,
+    pub activated_at: String,
+    pub last_seen_at: String,
+}
+
+/// An item of `GET /v1/licenses`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListedLicense {
+    #[serde(flatten)]
+    pub license: License,
+    pub customer_email: String,
+}
+
+/// `POST /v1/license-keys/lookup` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LookedUpKey {
+    pub id: String,
+    pub key_hint: String,
+    pub customer_email: String,
+    pub created_at: String,
+    pub licenses: Vec<License>,
+}
+
+/// An item of `GET /v1/ecosystem/licenses` (US6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EcosystemLicense {
+    pub brand: String,
+    pub product: String,
+    pub status: String,
+    pub expires_at: Option<String>,
+    pub seat_limit: Option<u32>,
+    pub seats_used: u32,
+    pub key_hint: String,
+}
+
+/// An item of `GET /v1/licenses/{id}/history`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: String,
+    pub actor: Actor,
+    pub action: String,
+    pub target_type: String,
+    pub target_id: String,
+    pub request_id: Option<String>,
+    pub status_before: Option<String>,
+    pub status_after: Option<String>,
+    pub reason: Option<String>,
+    pub at: String,
+}
+
+/// Who made a change: `api_key` (with its id), `admin`, `license_key` or `system` (with its name).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Actor {
+    pub kind: String,
+    pub id: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Brand {
     pub id: String,

@@ -30,3 +30,10 @@ pub struct RegisterOperation {
     /// [`Principal::scope`](crate::Principal::scope) of the sender.
     pub principal: String,
 }
+
+/// `POST /internal/license-keys/lookup`: the gateway hashes the pasted key, so the key itself
+/// never travels further.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LookupKey {
+    pub key_hash: String,
+}

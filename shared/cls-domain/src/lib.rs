@@ -27,6 +27,7 @@ pub mod brand;
 pub mod email;
 pub mod error;
 pub mod instance;
+pub mod license;
 pub mod license_key;
 pub mod product;
 
@@ -38,6 +39,7 @@ pub use brand::{BrandName, BrandSlug, KeyPrefix};
 pub use email::Email;
 pub use error::FieldError;
 pub use instance::InstanceId;
+pub use license::LicenseStatus;
 pub use license_key::{KeyHash, LicenseKey};
 pub use product::{
     DEFAULT_DURATION_DAYS, DEFAULT_SEAT_LIMIT, DurationDays, ProductCode, ProductName, SeatLimit,

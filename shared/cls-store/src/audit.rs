@@ -50,14 +50,16 @@ pub async fn append(conn: &mut PgConnection, entries: &[AuditEntry]) -> Result<(
     Ok(())
 }
 
-/// A target's entries, newest first.
-pub async fn list_for_target(conn: &mut PgConnection, target_id: Uuid, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
+/// A target's entries, newest first (ids are UUIDv7, so id order is time order), older than the
+/// `before` cursor.
+pub async fn list_for_target(conn: &mut PgConnection, target_id: Uuid, before: Option<Uuid>, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
     Ok(sqlx::query_as::<_, AuditEntry>(
         "SELECT id, brand_id, actor_kind, actor_id, action, target_type, target_id, request_id, command_id,
                 status_before, status_after, reason, at
-         FROM audit_entries WHERE target_id = $1 ORDER BY at DESC, id DESC LIMIT $2",
+         FROM audit_entries WHERE target_id = $1 AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
     )
     .bind(target_id)
+    .bind(before)
     .bind(limit)
     .fetch_all(conn)
     .await?)

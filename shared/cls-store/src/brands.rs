@@ -229,3 +229,15 @@ pub async fn list_products(
     .fetch_all(conn)
     .await?)
 }
+
+/// The brand's products with these codes (missing codes are simply absent from the result).
+pub async fn find_products_by_codes(conn: &mut PgConnection, brand_id: Uuid, codes: &[String]) -> Result<Vec<ProductRecord>, StoreError> {
+    Ok(sqlx::query_as::<_, ProductRecord>(
+        "SELECT id, brand_id, code, name, default_seat_limit, default_duration_days, created_at FROM products
+         WHERE brand_id = $1 AND code = ANY($2)",
+    )
+    .bind(brand_id)
+    .bind(codes)
+    .fetch_all(conn)
+    .await?)
+}

@@ -9,8 +9,10 @@ pub mod audit;
 pub mod brands;
 pub mod error;
 pub mod inbox;
+pub mod licenses;
 pub mod outbox;
 pub mod pool;
+pub mod views;
 
 pub use error::{StoreError, WriteError};
 pub use sqlx::{PgConnection, PgPool, Postgres, Transaction};

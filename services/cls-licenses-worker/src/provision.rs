@@ -1,0 +1,229 @@
+//! US1: provisioning licenses onto a key (SPEC §3 `POST /v1/licenses`).
+//!
+//! All or nothing: every check runs before or inside the command's savepoint, so a rejection
+//! leaves no key and no license behind. Key choice for one (brand, email) is serialized by an
+//! advisory lock, so concurrent first purchases end on one key.
+
+use std::collections::HashMap;
+
+use chrono::TimeDelta;
+use cls_contracts::command::{KeyChoice, Provision, Setting};
+use cls_contracts::event::{self, Event};
+use cls_contracts::{ProblemCode, format_time, http};
+use cls_domain::{Email, KeyPrefix, LicenseKey, LicenseStatus};
+use cls_store::brands::{self, ProductRecord};
+use cls_store::licenses::{self, LicenseKeyRecord, NewLicense, NewLicenseKey};
+use cls_store::{PgConnection, WriteError, views};
+use cls_worker::{Audit, CommandContext, HandleError, Handled, NewEvent};
+use serde_json::json;
+use uuid::Uuid;
+
+#[tracing::instrument(skip_all, fields(products = c.products.len()))]
+pub async fn provision(conn: &mut PgConnection, ctx: &CommandContext, c: &Provision) -> Result<Handled, HandleError> {
+    let brand_id = ctx
+        .brand_id()
+        .filter(|b| b.to_string() == c.brand_id)
+        .ok_or_else(|| HandleError::malformed("the provisioning's brand is not the caller's brand"))?;
+    let email = Email::parse(&c.customer_email).map_err(HandleError::malformed)?;
+
+    let products = products_by_code(conn, brand_id, c).await?;
+    let (key, secret) = choose_key(conn, ctx, brand_id, &email, &c.key).await?;
+    if key.customer_email != email.as_str() {
+        return Err(HandleError::rejected(
+            ProblemCode::KeyEmailMismatch,
+            "The license key belongs to another customer email.",
+        ));
+    }
+
+    let mut ids = Vec::with_capacity(c.products.len());
+    for item in &c.products {
+        let product = &products[&item.code];
+        if licenses::has_live_license(conn, key.id, product.id).await? {
+            return Err(license_exists(&item.code));
+        }
+        let seat_limit = match item.seat_limit {
+            Setting::Default => product.default_seat_limit.map(|n| n as u32),
+            Setting::None => None,
+            Setting::Value(n) => Some(n),
+        };
+        let expires_at = match &item.expires_at {
+            Setting::Default => product.default_duration_days.map(|d| ctx.now + TimeDelta::days(d.into())),
+            Setting::None => None,
+            Setting::Value(at) => Some(cls_contracts::parse_time(at).ok_or_else(|| HandleError::malformed("expires_at"))?),
+        };
+        let license = NewLicense { id: Uuid::now_v7(), brand_id, license_key_id: key.id, product_id: product.id, expires_at, seat_limit, created_at: ctx.now };
+        licenses::insert_license(conn, &license).await.map_err(|e| match e {
+            WriteError::Conflict(_) => license_exists(&item.code),
+            WriteError::Store(e) => e.into(),
+        })?;
+        ids.push(license.id);
+    }
+    let views = licenses::licenses_by_ids(conn, &ids).await?;
+
+    let mut events = Vec::new();
+    let mut audit = Vec::new();
+    if secret.is_some() {
+        events.push(NewEvent {
+            brand_id: Some(brand_id),
+            aggregate_id: key.id,
+            aggregate_version: key.version,
+            event: Event::LicenseKeyCreated(event::LicenseKeyCreated {
+                license_key_id: key.id.to_string(),
+                brand_id: brand_id.to_string(),
+                customer_email: key.customer_email.clone(),
+                key_hint: key.key_hint.clone(),
+                imported: key.imported,
+                created_at: format_time(key.created_at),
+            }),
+        });
+        audit.push(Audit {
+            brand_id: Some(brand_id),
+            action: "license_key.created",
+            target_type: "license_key",
+            target_id: key.id,
+            status_before: None,
+            status_after: None,
+            reason: None,
+        });
+    }
+    for v in &views {
+        let status = LicenseStatus::parse(&v.status).map_err(HandleError::malformed)?.effective(v.expires_at, ctx.now);
+        events.push(NewEvent {
+            brand_id: Some(brand_id),
+            aggregate_id: v.id,
+            aggregate_version: v.version,
+            event: Event::LicenseProvisioned(event::LicenseProvisioned {
+                license_id: v.id.to_string(),
+                license_key_id: v.license_key_id.to_string(),
+                brand_id: brand_id.to_string(),
+                customer_email: v.customer_email.clone(),
+                product: v.product.clone(),
+                status: status.as_str().to_owned(),
+                expires_at: v.expires_at.map(format_time),
+                seat_limit: v.seat_limit.map(|n| n as u32),
+                created_at: format_time(v.created_at),
+            }),
+        });
+        audit.push(Audit {
+            brand_id: Some(brand_id),
+            action: "license.provisioned",
+            target_type: "license",
+            target_id: v.id,
+            status_before: None,
+            status_after: Some(status.as_str().to_owned()),
+            reason: None,
+        });
+    }
+
+    let body = http::Provisioned {
+        license_key: http::ProvisionedKey {
+            id: key.id.to_string(),
+            key: secret.as_ref().map(|k| k.expose().to_owned()),
+            key_hint: key.key_hint.clone(),
+            customer_email: key.customer_email.clone(),
+            created: secret.is_some(),
+        },
+        licenses: views.iter().map(|v| views::license(v, ctx.now)).collect(),
+    };
+    Ok(Handled { status: 201, body: json!(body), secret: secret.is_some(), events, audit })
+}
+
+/// The brand's products for the requested codes; any unknown code is a 404.
+async fn products_by_code(conn: &mut PgConnection, brand_id: Uuid, c: &Provision) -> Result<HashMap<String, ProductRecord>, HandleError> {
+    let codes: Vec<String> = c.products.iter().map(|p| p.code.clone()).collect();
+    let found: HashMap<String, ProductRecord> =
+        brands::find_products_by_codes(conn, brand_id, &codes).await?.into_iter().map(|p| (p.code.clone(), p)).collect();
+    if let Some(missing) = codes.iter().find(|code| !found.contains_key(*code)) {
+        return Err(HandleError::rejected(ProblemCode::ProductNotFound, format!("No product with code '{missing}'.")));
+    }
+    Ok(found)
+}
+
+/// The key the licenses go on, and the full key when this command created it.
+async fn choose_key(
+    conn: &mut PgConnection,
+    ctx: &CommandContext,
+    brand_id: Uuid,
+    email: &Email,
+    choice: &KeyChoice,
+) -> Result<(LicenseKeyRecord, Option<LicenseKey>), HandleError> {
+    match choice {
+        KeyChoice::Existing { license_key_id } => {
+            let not_found = || HandleError::rejected(ProblemCode::LicenseKeyNotFound, "No license key with this id.");
+            let id: Uuid = license_key_id.parse().map_err(|_| not_found())?;
+            let key = licenses::find_key(conn, brand_id, id).await?.ok_or_else(not_found)?;
+            Ok((key, None))
+        }
+        KeyChoice::Import { key } => {
+            let key = LicenseKey::parse_import(key).map_err(HandleError::malformed)?;
+            let record = insert_key(conn, ctx, brand_id, email, &key, true).await?.ok_or_else(|| {
+                HandleError::rejected(ProblemCode::KeyExists, "This license key exists already.")
+            })?;
+            Ok((record, Some(key)))
+        }
+        KeyChoice::Latest => {
+            licenses::lock_customer(conn, brand_id, email).await?;
+            match licenses::latest_key(conn, brand_id, email).await? {
+                Some(key) => Ok((key, None)),
+                None => generate_key(conn, ctx, brand_id, email).await,
+            }
+        }
+        KeyChoice::New => generate_key(conn, ctx, brand_id, email).await,
+    }
+}
+
+async fn generate_key(
+    conn: &mut PgConnection,
+    ctx: &CommandContext,
+    brand_id: Uuid,
+    email: &Email,
+) -> Result<(LicenseKeyRecord, Option<LicenseKey>), HandleError> {
+    let brand = brands::find_brand(conn, brand_id).await?.ok_or_else(|| HandleError::malformed("unknown brand"))?;
+    let prefix = KeyPrefix::parse(&brand.key_prefix).map_err(HandleError::malformed)?;
+    // 80 random bits: a collision is astronomically unlikely, but a retry costs nothing.
+    for _ in 0..3 {
+        let key = LicenseKey::generate(&prefix, &mut rand::rng());
+        if let Some(record) = insert_key(conn, ctx, brand_id, email, &key, false).await? {
+            return Ok((record, Some(key)));
+        }
+    }
+    Err(HandleError::Fatal(anyhow::anyhow!("three generated keys collided")))
+}
+
+/// Inserts a key; `None` when its hash is taken. The insert runs in a nested savepoint so a
+/// collision does not abort the command's transaction.
+async fn insert_key(
+    conn: &mut PgConnection,
+    ctx: &CommandContext,
+    brand_id: Uuid,
+    email: &Email,
+    key: &LicenseKey,
+    imported: bool,
+) -> Result<Option<LicenseKeyRecord>, HandleError> {
+    use sqlx::Connection;
+    let mut savepoint = conn.begin().await?;
+    let new = NewLicenseKey {
+        id: Uuid::now_v7(),
+        brand_id,
+        customer_email: email,
+        key_hash: &key.hash(),
+        key_hint: &key.hint(),
+        imported,
+        created_at: ctx.now,
+    };
+    match licenses::insert_key(&mut savepoint, &new).await {
+        Ok(record) => {
+            savepoint.commit().await?;
+            Ok(Some(record))
+        }
+        Err(WriteError::Conflict(_)) => {
+            savepoint.rollback().await?;
+            Ok(None)
+        }
+        Err(WriteError::Store(e)) => Err(e.into()),
+    }
+}
+
+fn license_exists(code: &str) -> HandleError {
+    HandleError::rejected(ProblemCode::LicenseExists, format!("The key already holds a license for '{code}'."))
+}
