@@ -7,5 +7,6 @@ mod bus;
 mod commands;
 mod crash;
 mod events;
+mod licenses;
 mod protocol;
 mod store;
