@@ -3,6 +3,7 @@
 //! links once.
 
 mod brands;
+mod cli;
 mod bus;
 mod commands;
 mod crash;

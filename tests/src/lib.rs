@@ -329,7 +329,8 @@ impl Drop for TestCluster {
     }
 }
 
-async fn cleanup(settings: &Settings, extra_queues: &[String]) {
+/// Removes a namespace's queues and exchanges, its database and its Redis keys.
+pub async fn cleanup(settings: &Settings, extra_queues: &[String]) {
     if let Ok(conn) = cls_bus::connect(&settings.amqp_url, "cls-tests-cleanup").await {
         if let Ok(ch) = conn.create_channel().await {
             if let Err(error) = Topology::new(settings.namespace.clone()).delete(&ch, extra_queues).await {

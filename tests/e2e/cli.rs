@@ -1,0 +1,138 @@
+//! The `cls` binary as a newcomer uses it: `cls up` runs the whole cluster (readiness, a dead
+//! child restarted, a clean stop), `cls brand create` gives a brand and an API key in one
+//! command, and the key creates a product.
+
+use std::time::Duration;
+
+use cls_runtime::{Secret, ServiceKind, Settings};
+use cls_tests::{ADMIN_TOKEN, LOCAL_DATABASE, binary_path, eventually};
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Direct children of a process (spawned from any of its threads), with their command lines.
+fn children(pid: u32) -> Vec<(u32, String)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default();
+    tasks
+        .iter()
+        .flat_map(|t| std::fs::read_to_string(t.path().join("children")).unwrap_or_default().split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .filter_map(|p| p.parse::<u32>().ok())
+        .map(|p| (p, std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default().replace('\0', " ")))
+        .collect()
+}
+
+/// Stops `cls up` with SIGTERM if the test ends early, so its children are not orphaned.
+struct StopOnDrop(u32);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if kill(Pid::from_raw(self.0 as i32), Signal::SIGTERM).is_ok() {
+            let until = std::time::Instant::now() + Duration::from_secs(15);
+            while std::path::Path::new(&format!("/proc/{}", self.0)).exists() && std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cls_up_brand_create_and_a_product() {
+    let suffix = uuid::Uuid::now_v7().simple().to_string();
+    let namespace = format!("cli{}", &suffix[20..]);
+    let database_url = format!("{LOCAL_DATABASE}/cls_cli_{}", &suffix[20..]);
+    let http_addr = format!("127.0.0.1:{}", free_port());
+    let query_addr = format!("127.0.0.1:{}", free_port());
+    let ops_base = 20_000 + (free_port() % 20_000);
+    let env = [
+        ("CLS_DATABASE_URL", database_url.as_str()),
+        ("CLS_NAMESPACE", namespace.as_str()),
+        ("CLS_HTTP_ADDR", http_addr.as_str()),
+        ("CLS_QUERY_ADDR", query_addr.as_str()),
+        ("CLS_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("CLS_DB_POOL_SIZE", "3"),
+        ("CLS_LOG", "warn"),
+    ];
+    let mut up = tokio::process::Command::new(binary_path("cls"))
+        .args(["up", "--ops-base-port", &ops_base.to_string()])
+        .envs(env)
+        .env_remove("CLS_SECRET_KEY")
+        .env_remove("CLS_INTERNAL_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("cls up starts (run `cargo build --bins` first)");
+    let pid = up.id().unwrap();
+    let guard = StopOnDrop(pid);
+
+    let http = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+    let get = |path: String| {
+        let http = http.clone();
+        async move {
+            let req = Request::get(path).body(Full::default()).unwrap();
+            match http.request(req).await {
+                Ok(r) => r.status(),
+                Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+            }
+        }
+    };
+    let ready = format!("http://{http_addr}/ready");
+    eventually(Duration::from_secs(90), "cls up ready", || get(ready.clone()).map_ok()).await;
+
+    // A worker that dies is restarted and the cluster is ready again.
+    let (worker, _) = children(pid).into_iter().find(|(_, cmd)| cmd.contains("cls-brands-worker")).expect("a brands worker child");
+    kill(Pid::from_raw(worker as i32), Signal::SIGKILL).unwrap();
+    eventually(Duration::from_secs(30), "worker restarted", || async {
+        children(pid).iter().any(|(p, cmd)| cmd.contains("cls-brands-worker") && *p != worker)
+    })
+    .await;
+    eventually(Duration::from_secs(30), "ready again", || get(ready.clone()).map_ok()).await;
+
+    // A brand and an API key in one command.
+    let out = tokio::process::Command::new(binary_path("cls"))
+        .args(["brand", "create", "--slug", "newcomer", "--name", "Newcomer", "--key-prefix", "NC", "--json", "--url", &format!("http://{http_addr}")])
+        .env("CLS_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "brand create: {}", String::from_utf8_lossy(&out.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
+    let api_key = created["api_key"].as_str().expect("an API key").to_owned();
+
+    let req = Request::post(format!("http://{http_addr}/v1/products"))
+        .header("x-api-key", &api_key)
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from_static(br#"{"code":"first","name":"First"}"#)))
+        .unwrap();
+    let r = http.request(req).await.unwrap();
+    let status = r.status();
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(status, StatusCode::CREATED, "{body:?}");
+
+    // SIGTERM stops everything cleanly within the shutdown bound.
+    kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(15), up.wait()).await.expect("cls up stopped within the bound").unwrap();
+    assert!(exit.success(), "cls up exit: {exit:?}");
+    std::mem::forget(guard);
+
+    let mut settings = Settings::local(ServiceKind::Gateway, Secret::new("unused-secret-key-000"), Secret::new("unused-internal-token"));
+    settings.database_url = database_url;
+    settings.namespace = namespace;
+    cls_tests::cleanup(&settings, &[]).await;
+}
+
+/// Turns a status future into "is it 200".
+trait MapOk {
+    fn map_ok(self) -> impl Future<Output = bool>;
+}
+
+impl<F: Future<Output = StatusCode>> MapOk for F {
+    fn map_ok(self) -> impl Future<Output = bool> {
+        async move { self.await == StatusCode::OK }
+    }
+}
