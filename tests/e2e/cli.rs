@@ -13,8 +13,17 @@ use hyper_util::rt::TokioExecutor;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// A free port below the kernel's ephemeral range (32768+), where the other tests' port-0
+/// listeners and client connections never land, so nothing takes it between this check and
+/// `cls up` binding it.
+fn free_port(from: u16, to: u16) -> u16 {
+    use rand::RngExt;
+    loop {
+        let port = rand::rng().random_range(from..to);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Direct children of a process (spawned from any of its threads), with their command lines.
@@ -47,9 +56,10 @@ async fn cls_up_brand_create_and_a_product() {
     let suffix = uuid::Uuid::now_v7().simple().to_string();
     let namespace = format!("cli{}", &suffix[20..]);
     let database_url = format!("{LOCAL_DATABASE}/cls_cli_{}", &suffix[20..]);
-    let http_addr = format!("127.0.0.1:{}", free_port());
-    let query_addr = format!("127.0.0.1:{}", free_port());
-    let ops_base = 20_000 + (free_port() % 20_000);
+    let http_addr = format!("127.0.0.1:{}", free_port(10_000, 20_000));
+    let query_addr = format!("127.0.0.1:{}", free_port(10_000, 20_000));
+    // cls up takes the base port and the dozen above it for ops listeners.
+    let ops_base = free_port(20_000, 30_000);
     let env = [
         ("CLS_DATABASE_URL", database_url.as_str()),
         ("CLS_NAMESPACE", namespace.as_str()),
@@ -128,11 +138,11 @@ async fn cls_up_brand_create_and_a_product() {
 
 /// Turns a status future into "is it 200".
 trait MapOk {
-    fn map_ok(self) -> impl Future<Output = bool>;
+    async fn map_ok(self) -> bool;
 }
 
 impl<F: Future<Output = StatusCode>> MapOk for F {
-    fn map_ok(self) -> impl Future<Output = bool> {
-        async move { self.await == StatusCode::OK }
+    async fn map_ok(self) -> bool {
+        self.await == StatusCode::OK
     }
 }

@@ -2,6 +2,7 @@
 //! isolated cluster per test (see `cls_tests::TestCluster`). One test binary on purpose: it
 //! links once.
 
+mod activations;
 mod brands;
 mod cli;
 mod bus;
@@ -9,5 +10,6 @@ mod commands;
 mod crash;
 mod events;
 mod licenses;
+mod lifecycle;
 mod protocol;
 mod store;

@@ -31,12 +31,14 @@ pub struct Options {
     pub brands_workers: usize,
     /// In-process licenses worker replicas (0: the test starts its own).
     pub licenses_workers: usize,
+    /// In-process activations worker replicas (0: the test starts its own).
+    pub activations_workers: usize,
     pub reply_timeout: Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { brands_workers: 1, licenses_workers: 1, reply_timeout: Duration::from_secs(5) }
+        Options { brands_workers: 1, licenses_workers: 1, activations_workers: 1, reply_timeout: Duration::from_secs(5) }
     }
 }
 
@@ -146,7 +148,10 @@ impl TestCluster {
         for _ in 0..options.licenses_workers {
             cluster.start_worker(Module::Licenses).await;
         }
-        if options.brands_workers > 0 && options.licenses_workers > 0 {
+        for _ in 0..options.activations_workers {
+            cluster.start_worker(Module::Activations).await;
+        }
+        if options.brands_workers > 0 && options.licenses_workers > 0 && options.activations_workers > 0 {
             cluster.wait_ready().await;
         }
         cluster
@@ -156,19 +161,29 @@ impl TestCluster {
     /// for the first replica, `<module>-worker-<n>` for the next ones.
     pub async fn start_worker(&mut self, module: Module) {
         let settings = self.settings.clone();
-        let worker = match module {
-            Module::Brands => cls_brands_worker::build(settings).await,
-            Module::Licenses => cls_licenses_worker::build(settings).await,
-            Module::Activations => panic!("no activations worker yet"),
-        }
-        .expect("build worker");
         let base = format!("{}-worker", module.as_str());
         let name = match self.ops.keys().filter(|k| k.starts_with(&base)).count() {
             0 => base,
             n => format!("{base}-{n}"),
         };
-        self.ops.insert(name, worker.ops_addr());
-        self.workers.push(spawn_service(|t| worker.run_until_stopped(t)));
+        let service = match module {
+            Module::Brands => {
+                let worker = cls_brands_worker::build(settings).await.expect("build brands worker");
+                self.ops.insert(name, worker.ops_addr());
+                spawn_service(|t| worker.run_until_stopped(t))
+            }
+            Module::Licenses => {
+                let worker = cls_licenses_worker::build(settings).await.expect("build licenses worker");
+                self.ops.insert(name, worker.ops_addr());
+                spawn_service(|t| cls_licenses_worker::run(worker, t))
+            }
+            Module::Activations => {
+                let worker = cls_activations_worker::build(settings).await.expect("build activations worker");
+                self.ops.insert(name, worker.ops_addr());
+                spawn_service(|t| worker.run_until_stopped(t))
+            }
+        };
+        self.workers.push(service);
     }
 
     /// Stops the in-process worker replicas gracefully.
@@ -332,10 +347,10 @@ impl Drop for TestCluster {
 /// Removes a namespace's queues and exchanges, its database and its Redis keys.
 pub async fn cleanup(settings: &Settings, extra_queues: &[String]) {
     if let Ok(conn) = cls_bus::connect(&settings.amqp_url, "cls-tests-cleanup").await {
-        if let Ok(ch) = conn.create_channel().await {
-            if let Err(error) = Topology::new(settings.namespace.clone()).delete(&ch, extra_queues).await {
-                eprintln!("cleanup: deleting namespace {} failed: {error}", settings.namespace);
-            }
+        if let Ok(ch) = conn.create_channel().await
+            && let Err(error) = Topology::new(settings.namespace.clone()).delete(&ch, extra_queues).await
+        {
+            eprintln!("cleanup: deleting namespace {} failed: {error}", settings.namespace);
         }
         let _ = conn.close(200, "bye".into()).await;
     }

@@ -51,10 +51,10 @@ impl ApiKeyCache {
         };
         let resolved = resolved.ok_or(Failure::Unauthenticated)?;
         let scopes = Scopes::parse_list(&resolved.scopes).map_err(|_| Failure::Unauthenticated)?;
-        if let Some(required) = scope {
-            if !scopes.allows(required) {
-                return Err(Failure::Forbidden);
-            }
+        if let Some(required) = scope
+            && !scopes.allows(required)
+        {
+            return Err(Failure::Forbidden);
         }
         Ok(BrandKey { api_key_id: resolved.api_key_id, brand_id: resolved.brand_id, scope_names: resolved.scopes })
     }

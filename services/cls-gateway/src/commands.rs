@@ -2,13 +2,18 @@
 //! types (collecting every error for one 400), and emit the normalized command.
 
 use cls_contracts::command::{
-    BrandsCommand, Command, CreateApiKey, CreateBrand, CreateProduct, KeyChoice, LicensesCommand, Provision, ProvisionItem, RevokeApiKey,
-    Setting,
+    Activate, ActivationsCommand, BrandsCommand, Cancel, ChangeSeats, Command, CreateApiKey, CreateBrand, CreateProduct, Deactivate,
+    KeyChoice, LicensesCommand, Provision, ProvisionItem, Release, Renew, Resume, RevokeApiKey, RotateKey, Setting, Suspend,
+    TransferKey,
 };
-use cls_contracts::http::{CreateApiKeyRequest, CreateBrandRequest, CreateProductRequest, ProvisionRequest};
+use cls_contracts::http::{
+    ActivateRequest, CreateApiKeyRequest, CreateBrandRequest, CreateProductRequest, DeactivateRequest, ProvisionRequest, ReasonRequest,
+    RenewRequest, SeatsRequest, TransferRequest,
+};
+use cls_contracts::{Principal, ProblemCode};
 use cls_contracts::problem::FieldProblem;
 use cls_domain::{
-    ApiKeyName, Email, LicenseKey, BrandName, BrandSlug, DEFAULT_DURATION_DAYS, DEFAULT_SEAT_LIMIT, DurationDays, FieldError, KeyPrefix, ProductCode,
+    ApiKeyName, Email, InstanceId, LicenseKey, BrandName, BrandSlug, DEFAULT_DURATION_DAYS, DEFAULT_SEAT_LIMIT, DurationDays, FieldError, KeyPrefix, ProductCode,
     ProductName, Scopes, SeatLimit,
 };
 use serde::de::DeserializeOwned;
@@ -20,6 +25,8 @@ pub enum Invalid {
     Fields(Vec<FieldProblem>),
     /// 404: a path id that cannot exist.
     NotFound,
+    /// 404 with a specific code.
+    NotFoundAs(ProblemCode),
 }
 
 /// Most products one provisioning may carry (SPEC §3).
@@ -126,10 +133,10 @@ pub fn provision(brand_id: &str, body: &[u8]) -> Result<Command, Invalid> {
     let mut seen = std::collections::HashSet::new();
     for (i, item) in req.products.iter().enumerate() {
         let code = f.check(&format!("products[{i}].code"), ProductCode::parse(&item.code));
-        if let Some(code) = &code {
-            if !seen.insert(code.as_str().to_owned()) {
-                f.0.push(FieldProblem { field: format!("products[{i}].code"), message: "appears twice; codes must be distinct".into() });
-            }
+        if let Some(code) = &code
+            && !seen.insert(code.as_str().to_owned())
+        {
+            f.0.push(FieldProblem { field: format!("products[{i}].code"), message: "appears twice; codes must be distinct".into() });
         }
         let seat_limit = match item.seat_limit {
             None => Some(Setting::Default),
@@ -170,5 +177,182 @@ pub fn provision(brand_id: &str, body: &[u8]) -> Result<Command, Invalid> {
             products: items,
             key: key?,
         })))
+    })
+}
+
+/// Longest free-text reason kept on a suspension or cancellation.
+const MAX_REASON_CHARS: usize = 500;
+/// Largest activation metadata object (SPEC §3).
+const MAX_METADATA_BYTES: usize = 4 * 1024;
+
+fn license_id(id: &str) -> Result<String, Invalid> {
+    id.parse::<Uuid>().map(|u| u.to_string()).map_err(|_| Invalid::NotFound)
+}
+
+fn optional_json<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Invalid> {
+    if body.iter().all(u8::is_ascii_whitespace) { Ok(T::default()) } else { parse_json(body) }
+}
+
+fn reason(f: &mut Fields, reason: Option<String>) -> Option<Option<String>> {
+    match reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty()) {
+        Some(r) if r.chars().count() > MAX_REASON_CHARS || r.chars().any(char::is_control) => {
+            f.0.push(FieldProblem { field: "reason".into(), message: format!("must be at most {MAX_REASON_CHARS} characters, no control characters") });
+            None
+        }
+        r => Some(r),
+    }
+}
+
+pub fn renew(brand_id: &str, id: &str, body: &[u8]) -> Result<Command, Invalid> {
+    let license_id = license_id(id)?;
+    let req: RenewRequest = parse_json(body)?;
+    let mut f = Fields::default();
+    let (expires_at, extend_days) = match (&req.expires_at, req.extend_days) {
+        (Some(at), None) => match cls_contracts::parse_time(at) {
+            Some(t) => (Some(cls_contracts::format_time(t)), None),
+            None => {
+                f.0.push(FieldProblem { field: "expires_at".into(), message: "must be an RFC 3339 time".into() });
+                (None, None)
+            }
+        },
+        (None, Some(days)) => (None, f.check("extend_days", DurationDays::new(days)).map(|d| d.get())),
+        _ => {
+            f.0.push(FieldProblem { field: "body".into(), message: "give exactly one of expires_at and extend_days".into() });
+            (None, None)
+        }
+    };
+    f.finish(|| {
+        Some(Command::Licenses(LicensesCommand::Renew(Renew { brand_id: brand_id.to_owned(), license_id, expires_at, extend_days })))
+    })
+}
+
+pub fn suspend(brand_id: &str, id: &str, body: &[u8]) -> Result<Command, Invalid> {
+    let license_id = license_id(id)?;
+    let req: ReasonRequest = optional_json(body)?;
+    let mut f = Fields::default();
+    let reason = reason(&mut f, req.reason);
+    f.finish(|| Some(Command::Licenses(LicensesCommand::Suspend(Suspend { brand_id: brand_id.to_owned(), license_id, reason: reason? }))))
+}
+
+pub fn resume(brand_id: &str, id: &str, body: &[u8]) -> Result<Command, Invalid> {
+    let license_id = license_id(id)?;
+    let _: serde_json::Map<String, serde_json::Value> = optional_json(body)?;
+    Ok(Command::Licenses(LicensesCommand::Resume(Resume { brand_id: brand_id.to_owned(), license_id })))
+}
+
+pub fn cancel(brand_id: &str, id: &str, body: &[u8]) -> Result<Command, Invalid> {
+    let license_id = license_id(id)?;
+    let req: ReasonRequest = optional_json(body)?;
+    let mut f = Fields::default();
+    let reason = reason(&mut f, req.reason);
+    f.finish(|| Some(Command::Licenses(LicensesCommand::Cancel(Cancel { brand_id: brand_id.to_owned(), license_id, reason: reason? }))))
+}
+
+pub fn change_seats(brand_id: &str, id: &str, body: &[u8]) -> Result<Command, Invalid> {
+    let license_id = license_id(id)?;
+    let req: SeatsRequest = parse_json(body)?;
+    let mut f = Fields::default();
+    let seat_limit = match req.seat_limit {
+        None => {
+            f.0.push(FieldProblem { field: "seat_limit".into(), message: "is required (a whole number >= 1, or null for unlimited)".into() });
+            None
+        }
+        Some(None) => Some(None),
+        Some(Some(n)) => f.check("seat_limit", SeatLimit::new(n)).map(|s| Some(s.get())),
+    };
+    f.finish(|| {
+        Some(Command::Licenses(LicensesCommand::ChangeSeats(ChangeSeats { brand_id: brand_id.to_owned(), license_id, seat_limit: seat_limit? })))
+    })
+}
+
+pub fn rotate_key(brand_id: &str, id: &str, body: &[u8]) -> Result<Command, Invalid> {
+    let license_key_id = id.parse::<Uuid>().map_err(|_| Invalid::NotFoundAs(ProblemCode::LicenseKeyNotFound))?.to_string();
+    let _: serde_json::Map<String, serde_json::Value> = optional_json(body)?;
+    Ok(Command::Licenses(LicensesCommand::RotateKey(RotateKey { brand_id: brand_id.to_owned(), license_key_id })))
+}
+
+pub fn transfer_key(brand_id: &str, id: &str, body: &[u8]) -> Result<Command, Invalid> {
+    let license_key_id = id.parse::<Uuid>().map_err(|_| Invalid::NotFoundAs(ProblemCode::LicenseKeyNotFound))?.to_string();
+    let req: TransferRequest = parse_json(body)?;
+    let mut f = Fields::default();
+    let email = f.check("customer_email", Email::parse(&req.customer_email));
+    f.finish(|| {
+        Some(Command::Licenses(LicensesCommand::TransferKey(TransferKey {
+            brand_id: brand_id.to_owned(),
+            license_key_id,
+            customer_email: email?.into_inner(),
+        })))
+    })
+}
+
+pub fn release_activation(brand_id: &str, id: &str) -> Result<Command, Invalid> {
+    let activation_id = id.parse::<Uuid>().map_err(|_| Invalid::NotFoundAs(ProblemCode::ActivationNotFound))?.to_string();
+    Ok(Command::Activations(ActivationsCommand::Release(Release { brand_id: brand_id.to_owned(), activation_id })))
+}
+
+/// A product route's principal is its license key, known only once the body is parsed.
+fn key_principal(f: &mut Fields, key: &str) -> Option<(String, Principal)> {
+    f.check("license_key", LicenseKey::parse(key)).map(|k| {
+        let hash = k.hash().into_inner();
+        (hash.clone(), Principal::LicenseKey { key_hash: hash })
+    })
+}
+
+pub fn activate(body: &[u8]) -> Result<(Command, Principal), Invalid> {
+    let req: ActivateRequest = parse_json(body)?;
+    let mut f = Fields::default();
+    let key = key_principal(&mut f, &req.license_key);
+    let product = f.check("product", ProductCode::parse(&req.product));
+    let instance = f.check("instance_id", InstanceId::parse(&req.instance_id));
+    let name = match req.instance_name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()) {
+        Some(n) if n.chars().count() > 255 || n.chars().any(char::is_control) => {
+            f.0.push(FieldProblem { field: "instance_name".into(), message: "must be at most 255 characters, no control characters".into() });
+            None
+        }
+        n => Some(n),
+    };
+    let metadata = match req.metadata {
+        None | Some(serde_json::Value::Null) => Some(None),
+        Some(v @ serde_json::Value::Object(_)) => {
+            let text = v.to_string();
+            if text.len() > MAX_METADATA_BYTES {
+                f.0.push(FieldProblem { field: "metadata".into(), message: "must be at most 4 KiB".into() });
+                None
+            } else {
+                Some(Some(text))
+            }
+        }
+        Some(_) => {
+            f.0.push(FieldProblem { field: "metadata".into(), message: "must be a JSON object".into() });
+            None
+        }
+    };
+    f.finish(|| {
+        let (key_hash, principal) = key?;
+        let command = Command::Activations(ActivationsCommand::Activate(Activate {
+            key_hash,
+            product: product?.into_inner(),
+            instance_id: instance?.into_inner(),
+            instance_name: name?,
+            metadata: metadata?,
+        }));
+        Some((command, principal))
+    })
+}
+
+pub fn deactivate(body: &[u8]) -> Result<(Command, Principal), Invalid> {
+    let req: DeactivateRequest = parse_json(body)?;
+    let mut f = Fields::default();
+    let key = key_principal(&mut f, &req.license_key);
+    let product = f.check("product", ProductCode::parse(&req.product));
+    let instance = f.check("instance_id", InstanceId::parse(&req.instance_id));
+    f.finish(|| {
+        let (key_hash, principal) = key?;
+        let command = Command::Activations(ActivationsCommand::Deactivate(Deactivate {
+            key_hash,
+            product: product?.into_inner(),
+            instance_id: instance?.into_inner(),
+        }));
+        Some((command, principal))
     })
 }

@@ -88,15 +88,31 @@ async fn dispatch(state: &State, route: Route, req: Request<Incoming>, request_i
         | Route::LicenseHistory { .. }
         | Route::EcosystemLicenses => forward(state, &req, principal.as_ref(), request_id).await,
         Route::LookupKey => lookup_key(state, req, principal.as_ref(), request_id).await,
-        Route::Provision => command(state, req, principal, request_id, true, |b| commands::provision(&brand_id, b)).await,
-        Route::CreateBrand => command(state, req, principal, request_id, true, commands::create_brand).await,
+        Route::Provision => command(state, req, principal, request_id, brand(|b| commands::provision(&brand_id, b))).await,
+        Route::CreateBrand => command(state, req, principal, request_id, brand(commands::create_brand)).await,
         Route::CreateApiKey { brand_id } => {
-            command(state, req, principal, request_id, true, |b| commands::create_api_key(&brand_id, b)).await
+            command(state, req, principal, request_id, brand(|b| commands::create_api_key(&brand_id, b))).await
         }
         Route::RevokeApiKey { api_key_id } => {
-            command(state, req, principal, request_id, false, |_| commands::revoke_api_key(&api_key_id)).await
+            command(state, req, principal, request_id, brand(|_| commands::revoke_api_key(&api_key_id))).await
         }
-        Route::CreateProduct => command(state, req, principal, request_id, true, |b| commands::create_product(&brand_id, b)).await,
+        Route::CreateProduct => command(state, req, principal, request_id, brand(|b| commands::create_product(&brand_id, b))).await,
+        Route::Renew { id } => command(state, req, principal, request_id, brand(|b| commands::renew(&brand_id, &id, b))).await,
+        Route::Suspend { id } => command(state, req, principal, request_id, brand(|b| commands::suspend(&brand_id, &id, b))).await,
+        Route::Resume { id } => command(state, req, principal, request_id, brand(|b| commands::resume(&brand_id, &id, b))).await,
+        Route::Cancel { id } => command(state, req, principal, request_id, brand(|b| commands::cancel(&brand_id, &id, b))).await,
+        Route::ChangeSeats { id } => {
+            command(state, req, principal, request_id, brand(|b| commands::change_seats(&brand_id, &id, b))).await
+        }
+        Route::RotateKey { id } => command(state, req, principal, request_id, brand(|b| commands::rotate_key(&brand_id, &id, b))).await,
+        Route::TransferKey { id } => {
+            command(state, req, principal, request_id, brand(|b| commands::transfer_key(&brand_id, &id, b))).await
+        }
+        Route::ReleaseActivation { id } => {
+            command(state, req, principal, request_id, brand(|_| commands::release_activation(&brand_id, &id))).await
+        }
+        Route::Activate => command(state, req, None, request_id, |b| commands::activate(b).map(|(c, p)| (c, Some(p)))).await,
+        Route::Deactivate => command(state, req, None, request_id, |b| commands::deactivate(b).map(|(c, p)| (c, Some(p)))).await,
     }
 }
 
@@ -125,24 +141,30 @@ async fn authenticate(state: &State, route: &Route, req: &Request<Incoming>, req
         }
     };
     match route.access() {
-        Access::Public => Ok(None),
+        Access::Public | Access::Product => Ok(None),
         Access::Admin => admin(),
         Access::Brand(scope) => brand(Some(scope)).await,
-        Access::AdminOrBrand if req.headers().contains_key("x-admin-token") => admin(),
-        Access::AdminOrBrand => brand(None).await,
+        Access::Sender if req.headers().contains_key("x-admin-token") => admin(),
+        Access::Sender if req.headers().contains_key("x-api-key") => brand(None).await,
+        // An end-user product: the unguessable operation id is its credential.
+        Access::Sender => Ok(Some(Principal::LicenseKey { key_hash: String::new() })),
     }
 }
 
-/// Publishes the command and turns the worker's reply (or its absence) into the answer.
+/// A builder of a command whose principal is the authenticated caller.
+fn brand(build: impl FnOnce(&[u8]) -> Result<Command, Invalid>) -> impl FnOnce(&[u8]) -> Result<(Command, Option<Principal>), Invalid> {
+    move |body| build(body).map(|c| (c, None))
+}
+
+/// Publishes the command and turns the worker's reply (or its absence) into the answer. The
+/// builder may name the principal itself (product routes: the license key in the body).
 async fn command(
     state: &State,
     req: Request<Incoming>,
     principal: Option<Principal>,
     request_id: &str,
-    has_body: bool,
-    build: impl FnOnce(&[u8]) -> Result<Command, Invalid>,
+    build: impl FnOnce(&[u8]) -> Result<(Command, Option<Principal>), Invalid>,
 ) -> Response<Body> {
-    let principal = principal.expect("command routes are authenticated");
     let deadline = tokio::time::Instant::now() + state.settings.reply_timeout;
     let idempotency_key = match req.headers().get("idempotency-key") {
         None => None,
@@ -151,9 +173,7 @@ async fn command(
             _ => return invalid("Idempotency-Key", "must be 1-255 visible ASCII characters", request_id),
         },
     };
-    if has_body && !is_json(&req) {
-        return problem(ProblemCode::UnsupportedMediaType, "Send the body as application/json.", request_id);
-    }
+    let json = is_json(&req);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let body = match read_body(req.into_body()).await {
@@ -165,10 +185,18 @@ async fn command(
         }
         Err(BodyError::Unreadable) => return invalid("body", "could not be read", request_id),
     };
-    let command = match build(&body) {
-        Ok(c) => c,
+    // A body must be JSON; routes whose body is optional also take none at all.
+    if !json && !body.is_empty() {
+        return problem(ProblemCode::UnsupportedMediaType, "Send the body as application/json.", request_id);
+    }
+    let (command, own_principal) = match build(&body) {
+        Ok(built) => built,
         Err(Invalid::Fields(errors)) => return problem_body(Problem::invalid(errors, request_id)),
         Err(Invalid::NotFound) => return problem(ProblemCode::NotFound, "Not found.", request_id),
+        Err(Invalid::NotFoundAs(code)) => return problem(code, "Not found.", request_id),
+    };
+    let Some(principal) = own_principal.or(principal) else {
+        return problem(ProblemCode::Unauthenticated, "A credential is required.", request_id);
     };
 
     let scope = principal.scope();
@@ -277,7 +305,7 @@ async fn lookup_key(state: &State, req: Request<Incoming>, principal: Option<&Pr
     let lookup: cls_contracts::http::LookupRequest = match commands::parse_json(&body) {
         Ok(l) => l,
         Err(Invalid::Fields(errors)) => return problem_body(Problem::invalid(errors, request_id)),
-        Err(Invalid::NotFound) => return problem(ProblemCode::NotFound, "Not found.", request_id),
+        Err(Invalid::NotFound | Invalid::NotFoundAs(_)) => return problem(ProblemCode::NotFound, "Not found.", request_id),
     };
     let key = match cls_domain::LicenseKey::parse(&lookup.license_key) {
         Ok(k) => k,

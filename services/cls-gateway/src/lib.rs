@@ -23,7 +23,8 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 /// The worker kinds that exist so far; the gateway is ready only when each has a consumer.
-pub const SERVED_MODULES: &[cls_contracts::Module] = &[cls_contracts::Module::Brands, cls_contracts::Module::Licenses];
+pub const SERVED_MODULES: &[cls_contracts::Module] =
+    &[cls_contracts::Module::Brands, cls_contracts::Module::Licenses, cls_contracts::Module::Activations];
 
 type Labels = Vec<(String, String)>;
 

@@ -22,6 +22,16 @@ pub enum Route {
     LicenseHistory { id: String },
     LookupKey,
     EcosystemLicenses,
+    Renew { id: String },
+    Suspend { id: String },
+    Resume { id: String },
+    Cancel { id: String },
+    ChangeSeats { id: String },
+    RotateKey { id: String },
+    TransferKey { id: String },
+    Activate,
+    Deactivate,
+    ReleaseActivation { id: String },
 }
 
 /// Who may call a route.
@@ -30,8 +40,11 @@ pub enum Access {
     Public,
     Admin,
     Brand(Scope),
-    /// The principal that sent the command: the operator or a brand.
-    AdminOrBrand,
+    /// The principal that sent the command: the operator, a brand, or (with neither header) an
+    /// end-user product, for which the unguessable operation id is the credential.
+    Sender,
+    /// End-user products: the license key in the body is the credential.
+    Product,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -59,6 +72,16 @@ impl Route {
             ["v1", "licenses"] => vec![(Method::POST, Route::Provision), (Method::GET, Route::ListLicenses)],
             ["v1", "licenses", id] => vec![(Method::GET, Route::GetLicense { id: owned(id) })],
             ["v1", "licenses", id, "history"] => vec![(Method::GET, Route::LicenseHistory { id: owned(id) })],
+            ["v1", "licenses", id, "renew"] => vec![(Method::POST, Route::Renew { id: owned(id) })],
+            ["v1", "licenses", id, "suspend"] => vec![(Method::POST, Route::Suspend { id: owned(id) })],
+            ["v1", "licenses", id, "resume"] => vec![(Method::POST, Route::Resume { id: owned(id) })],
+            ["v1", "licenses", id, "cancel"] => vec![(Method::POST, Route::Cancel { id: owned(id) })],
+            ["v1", "licenses", id, "seats"] => vec![(Method::POST, Route::ChangeSeats { id: owned(id) })],
+            ["v1", "license-keys", id, "rotate"] => vec![(Method::POST, Route::RotateKey { id: owned(id) })],
+            ["v1", "license-keys", id, "transfer"] => vec![(Method::POST, Route::TransferKey { id: owned(id) })],
+            ["v1", "activations"] => vec![(Method::POST, Route::Activate)],
+            ["v1", "activations", "deactivate"] => vec![(Method::POST, Route::Deactivate)],
+            ["v1", "activations", id] => vec![(Method::DELETE, Route::ReleaseActivation { id: owned(id) })],
             ["v1", "license-keys", "lookup"] => vec![(Method::POST, Route::LookupKey)],
             ["v1", "ecosystem", "licenses"] => vec![(Method::GET, Route::EcosystemLicenses)],
             _ => return Err(Miss::NotFound),
@@ -76,12 +99,22 @@ impl Route {
             Route::CreateBrand | Route::ListBrands | Route::CreateApiKey { .. } | Route::ListApiKeys { .. } | Route::RevokeApiKey { .. } => {
                 Access::Admin
             }
-            Route::CreateProduct | Route::Provision => Access::Brand(Scope::LicensesWrite),
+            Route::CreateProduct
+            | Route::Provision
+            | Route::Renew { .. }
+            | Route::Suspend { .. }
+            | Route::Resume { .. }
+            | Route::Cancel { .. }
+            | Route::ChangeSeats { .. }
+            | Route::RotateKey { .. }
+            | Route::TransferKey { .. }
+            | Route::ReleaseActivation { .. } => Access::Brand(Scope::LicensesWrite),
+            Route::Activate | Route::Deactivate => Access::Product,
             Route::ListProducts | Route::ListLicenses | Route::GetLicense { .. } | Route::LicenseHistory { .. } | Route::LookupKey => {
                 Access::Brand(Scope::LicensesRead)
             }
             Route::EcosystemLicenses => Access::Brand(Scope::EcosystemRead),
-            Route::GetOperation { .. } => Access::AdminOrBrand,
+            Route::GetOperation { .. } => Access::Sender,
         }
     }
 
@@ -104,6 +137,16 @@ impl Route {
             Route::LicenseHistory { .. } => "license_history",
             Route::LookupKey => "lookup_key",
             Route::EcosystemLicenses => "ecosystem_licenses",
+            Route::Renew { .. } => "renew",
+            Route::Suspend { .. } => "suspend",
+            Route::Resume { .. } => "resume",
+            Route::Cancel { .. } => "cancel",
+            Route::ChangeSeats { .. } => "change_seats",
+            Route::RotateKey { .. } => "rotate_key",
+            Route::TransferKey { .. } => "transfer_key",
+            Route::Activate => "activate",
+            Route::Deactivate => "deactivate",
+            Route::ReleaseActivation { .. } => "release_activation",
         }
     }
 }

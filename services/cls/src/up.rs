@@ -46,7 +46,7 @@ pub struct WorkerKind {
 pub const WORKER_KINDS: &[WorkerKind] = &[
     WorkerKind { module: Module::Brands, binary: "cls-brands-worker", required: true },
     WorkerKind { module: Module::Licenses, binary: "cls-licenses-worker", required: true },
-    WorkerKind { module: Module::Activations, binary: "cls-activations-worker", required: false },
+    WorkerKind { module: Module::Activations, binary: "cls-activations-worker", required: true },
 ];
 
 const QUERY_BINARY: &str = "cls-query";

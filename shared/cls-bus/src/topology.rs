@@ -2,7 +2,10 @@
 //!
 //! Exchanges `<ns>.commands` (topic), `<ns>.events` (topic), `<ns>.dlx` (direct); per module a
 //! quorum command queue `<ns>.<module>.commands` bound with `<module>.#`, with an explicit
-//! delivery limit and at-least-once dead-lettering into `<ns>.<module>.commands.dlq`.
+//! delivery limit and at-least-once dead-lettering into `<ns>.<module>.commands.dlq`. Each
+//! cross-module reaction (SPEC §4) has its own subscriber queue on `<ns>.events` with the same
+//! arguments and its own dead-letter queue: `<ns>.activations.license-events`, bound with
+//! `license.cancelled`, from which the activations worker releases a cancelled license's seats.
 //! Declaring is idempotent; changing a queue's arguments needs a new queue name.
 
 use cls_contracts::Module;
@@ -17,6 +20,14 @@ use lapin::{Channel, ExchangeKind};
 pub const DELIVERY_LIMIT: i64 = 20;
 /// Backpressure: past this many ready messages a publish is nacked and the gateway answers 503.
 pub const MAX_QUEUE_LENGTH: i64 = 100_000;
+
+/// What the activations module reacts to (SPEC §4): a cancelled license's seats are released.
+const LICENSE_EVENTS_BINDINGS: &[&str] = &["license.cancelled"];
+
+/// The dead-letter queue of a consumed queue.
+fn dead_letter_queue_of(queue: &str) -> String {
+    format!("{queue}.dlq")
+}
 
 /// The names of one namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +61,19 @@ impl Topology {
     }
 
     pub fn dead_letter_queue(&self, module: Module) -> String {
-        format!("{}.dlq", self.command_queue(module))
+        dead_letter_queue_of(&self.command_queue(module))
+    }
+
+    /// The activations module's subscriber queue for license events (SPEC §4: it releases the
+    /// seats of a cancelled license).
+    pub fn license_events_queue(&self) -> String {
+        format!("{}.{}.license-events", self.ns, Module::Activations.as_str())
+    }
+
+    /// Every subscriber queue of a module reaction, with the routing keys it is bound with on
+    /// `<ns>.events`.
+    pub fn event_queues(&self) -> Vec<(String, &'static [&'static str])> {
+        vec![(self.license_events_queue(), LICENSE_EVENTS_BINDINGS)]
     }
 
     /// Declares every exchange and queue of the namespace. Safe to run any number of times.
@@ -63,14 +86,19 @@ impl Topology {
         ch.exchange_declare(self.dead_letter_exchange().into(), ExchangeKind::Direct, durable, FieldTable::default())
             .await?;
         for module in Module::ALL {
-            self.declare_command_queue(ch, module).await?;
+            let binding = format!("{}.#", module.as_str());
+            self.declare_consumed_queue(ch, &self.command_queue(module), &self.commands_exchange(), &[binding.as_str()]).await?;
+        }
+        for (queue, bindings) in self.event_queues() {
+            self.declare_consumed_queue(ch, &queue, &self.events_exchange(), bindings).await?;
         }
         Ok(())
     }
 
-    async fn declare_command_queue(&self, ch: &Channel, module: Module) -> lapin::Result<()> {
-        let queue = self.command_queue(module);
-        let dlq = self.dead_letter_queue(module);
+    /// A consumed quorum queue ([`Self::quorum_args`]) bound to `exchange` with each of
+    /// `bindings`, and its dead-letter queue `<queue>.dlq` bound to `<ns>.dlx`.
+    async fn declare_consumed_queue(&self, ch: &Channel, queue: &str, exchange: &str, bindings: &[&str]) -> lapin::Result<()> {
+        let dlq = dead_letter_queue_of(queue);
         let durable = QueueDeclareOptions { durable: true, ..Default::default() };
 
         let mut dlq_args = FieldTable::default();
@@ -79,21 +107,17 @@ impl Topology {
         ch.queue_bind(
             dlq.into(),
             self.dead_letter_exchange().into(),
-            queue.clone().into(),
+            queue.into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
         .await?;
 
-        ch.queue_declare(queue.clone().into(), durable, self.quorum_args(&queue)).await?;
-        ch.queue_bind(
-            queue.into(),
-            self.commands_exchange().into(),
-            format!("{}.#", module.as_str()).into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+        ch.queue_declare(queue.into(), durable, self.quorum_args(queue)).await?;
+        for binding in bindings {
+            ch.queue_bind(queue.into(), exchange.into(), (*binding).into(), QueueBindOptions::default(), FieldTable::default())
+                .await?;
+        }
         Ok(())
     }
 
@@ -118,6 +142,7 @@ impl Topology {
             .into_iter()
             .flat_map(|m| [self.command_queue(m), self.dead_letter_queue(m)])
             .collect();
+        queues.extend(self.event_queues().into_iter().flat_map(|(q, _)| [dead_letter_queue_of(&q), q]));
         queues.extend_from_slice(extra_queues);
         for q in queues {
             ch.queue_delete(q.into(), QueueDeleteOptions::default()).await?;

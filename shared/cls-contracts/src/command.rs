@@ -81,6 +81,7 @@ pub struct CommandEnvelope {
 pub enum Command {
     Brands(BrandsCommand),
     Licenses(LicensesCommand),
+    Activations(ActivationsCommand),
 }
 
 impl Command {
@@ -88,6 +89,7 @@ impl Command {
         match self {
             Command::Brands(_) => Module::Brands,
             Command::Licenses(_) => Module::Licenses,
+            Command::Activations(_) => Module::Activations,
         }
     }
 
@@ -102,6 +104,18 @@ impl Command {
             },
             Command::Licenses(c) => match c {
                 LicensesCommand::Provision(_) => "licenses.provision",
+                LicensesCommand::Renew(_) => "licenses.renew",
+                LicensesCommand::Suspend(_) => "licenses.suspend",
+                LicensesCommand::Resume(_) => "licenses.resume",
+                LicensesCommand::Cancel(_) => "licenses.cancel",
+                LicensesCommand::ChangeSeats(_) => "licenses.change_seats",
+                LicensesCommand::RotateKey(_) => "licenses.rotate_key",
+                LicensesCommand::TransferKey(_) => "licenses.transfer_key",
+            },
+            Command::Activations(c) => match c {
+                ActivationsCommand::Activate(_) => "activations.activate",
+                ActivationsCommand::Deactivate(_) => "activations.deactivate",
+                ActivationsCommand::Release(_) => "activations.release",
             },
         }
     }
@@ -153,6 +167,104 @@ pub struct CreateProduct {
 #[serde(tag = "type", content = "data", rename_all = "snake_case")]
 pub enum LicensesCommand {
     Provision(Provision),
+    Renew(Renew),
+    Suspend(Suspend),
+    Resume(Resume),
+    Cancel(Cancel),
+    ChangeSeats(ChangeSeats),
+    RotateKey(RotateKey),
+    TransferKey(TransferKey),
+}
+
+/// US2: a new expiry, given outright or as days added to max(now, current expiry). Exactly one
+/// of the two is set (the gateway checks).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Renew {
+    pub brand_id: String,
+    pub license_id: String,
+    pub expires_at: Option<String>,
+    pub extend_days: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Suspend {
+    pub brand_id: String,
+    pub license_id: String,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Resume {
+    pub brand_id: String,
+    pub license_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cancel {
+    pub brand_id: String,
+    pub license_id: String,
+    pub reason: Option<String>,
+}
+
+/// A new seat limit; `None` = unlimited.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeSeats {
+    pub brand_id: String,
+    pub license_id: String,
+    pub seat_limit: Option<u32>,
+}
+
+/// A new generated key value for the key; the old value stops working at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RotateKey {
+    pub brand_id: String,
+    pub license_key_id: String,
+}
+
+/// The customer changed email address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransferKey {
+    pub brand_id: String,
+    pub license_key_id: String,
+    /// Normalized.
+    pub customer_email: String,
+}
+
+/// Commands of the activations module. Product routes carry the license key only as its hash
+/// (the principal); the key itself never leaves the gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+pub enum ActivationsCommand {
+    Activate(Activate),
+    Deactivate(Deactivate),
+    Release(Release),
+}
+
+/// US3: take (or confirm) a seat of the key's license for `product` on an instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Activate {
+    pub key_hash: String,
+    pub product: String,
+    /// Normalized instance id.
+    pub instance_id: String,
+    pub instance_name: Option<String>,
+    /// A JSON object (at most 4 KiB) as JSON text.
+    pub metadata: Option<String>,
+}
+
+/// US5: free the instance's seat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deactivate {
+    pub key_hash: String,
+    pub product: String,
+    pub instance_id: String,
+}
+
+/// A brand releases a seat by activation id (`DELETE /v1/activations/{id}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Release {
+    pub brand_id: String,
+    pub activation_id: String,
 }
 
 /// US1: licenses for one customer on one key (SPEC §3 `POST /v1/licenses`).

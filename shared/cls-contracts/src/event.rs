@@ -44,6 +44,28 @@ pub enum Event {
     LicenseKeyCreated(LicenseKeyCreated),
     #[serde(rename = "license.provisioned")]
     LicenseProvisioned(LicenseProvisioned),
+    #[serde(rename = "license.renewed")]
+    LicenseRenewed(LicenseState),
+    #[serde(rename = "license.suspended")]
+    LicenseSuspended(LicenseState),
+    #[serde(rename = "license.resumed")]
+    LicenseResumed(LicenseState),
+    #[serde(rename = "license.cancelled")]
+    LicenseCancelled(LicenseState),
+    #[serde(rename = "license.expired")]
+    LicenseExpired(LicenseState),
+    #[serde(rename = "license.seats_changed")]
+    LicenseSeatsChanged(LicenseState),
+    #[serde(rename = "license_key.rotated")]
+    LicenseKeyRotated(LicenseKeyChanged),
+    #[serde(rename = "license_key.transferred")]
+    LicenseKeyTransferred(LicenseKeyChanged),
+    #[serde(rename = "activation.created")]
+    ActivationCreated(ActivationChanged),
+    #[serde(rename = "activation.deactivated")]
+    ActivationDeactivated(ActivationChanged),
+    #[serde(rename = "activation.rejected")]
+    ActivationRejected(ActivationRejected),
 }
 
 impl Event {
@@ -56,12 +78,41 @@ impl Event {
             Event::ProductCreated(_) => "product.created",
             Event::LicenseKeyCreated(_) => "license_key.created",
             Event::LicenseProvisioned(_) => "license.provisioned",
+            Event::LicenseRenewed(_) => "license.renewed",
+            Event::LicenseSuspended(_) => "license.suspended",
+            Event::LicenseResumed(_) => "license.resumed",
+            Event::LicenseCancelled(_) => "license.cancelled",
+            Event::LicenseExpired(_) => "license.expired",
+            Event::LicenseSeatsChanged(_) => "license.seats_changed",
+            Event::LicenseKeyRotated(_) => "license_key.rotated",
+            Event::LicenseKeyTransferred(_) => "license_key.transferred",
+            Event::ActivationCreated(_) => "activation.created",
+            Event::ActivationDeactivated(_) => "activation.deactivated",
+            Event::ActivationRejected(_) => "activation.rejected",
         }
     }
 
     /// Every event type this version of CLS can emit.
     pub const ALL_TYPES: &'static [&'static str] =
-        &["brand.created", "api_key.created", "api_key.revoked", "product.created", "license_key.created", "license.provisioned"];
+        &[
+            "brand.created",
+            "api_key.created",
+            "api_key.revoked",
+            "product.created",
+            "license_key.created",
+            "license.provisioned",
+            "license.renewed",
+            "license.suspended",
+            "license.resumed",
+            "license.cancelled",
+            "license.expired",
+            "license.seats_changed",
+            "license_key.rotated",
+            "license_key.transferred",
+            "activation.created",
+            "activation.deactivated",
+            "activation.rejected",
+        ];
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,6 +175,62 @@ pub struct LicenseProvisioned {
     pub expires_at: Option<String>,
     pub seat_limit: Option<u32>,
     pub created_at: String,
+}
+
+/// A license's state after a lifecycle change (renewed, suspended, resumed, cancelled, expired,
+/// seats changed): every such event carries the whole state, so a consumer needs nothing else.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LicenseState {
+    pub license_id: String,
+    pub license_key_id: String,
+    pub brand_id: String,
+    pub product: String,
+    /// The stored status after the change.
+    pub status: String,
+    pub expires_at: Option<String>,
+    pub seat_limit: Option<u32>,
+    pub reason: Option<String>,
+    /// The status before the change.
+    pub previous_status: String,
+}
+
+/// A key rotated (new hint) or transferred (new email); never the key itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LicenseKeyChanged {
+    pub license_key_id: String,
+    pub brand_id: String,
+    pub customer_email: String,
+    pub key_hint: String,
+    pub previous_key_hint: Option<String>,
+    pub previous_customer_email: Option<String>,
+}
+
+/// A seat taken or freed. `aggregate_id` of the envelope is the license (its version moves).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActivationChanged {
+    pub activation_id: String,
+    pub license_id: String,
+    pub brand_id: String,
+    pub product: String,
+    pub instance_id: String,
+    pub instance_name: Option<String>,
+    pub at: String,
+    /// Seats in use after the change.
+    pub seats_used: u32,
+    /// For a deactivation: `product`, `brand` or `license_cancelled`.
+    pub deactivated_by: Option<String>,
+}
+
+/// A refused activation (e.g. seat limit reached), for fraud and sales signals.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActivationRejected {
+    pub license_id: Option<String>,
+    pub brand_id: Option<String>,
+    pub product: String,
+    pub instance_id: String,
+    /// The problem code answered.
+    pub code: String,
+    pub at: String,
 }
 
 #[cfg(test)]

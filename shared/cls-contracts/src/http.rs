@@ -68,6 +68,109 @@ pub struct ProvisionItemRequest {
     pub expires_at: Option<Option<String>>,
 }
 
+/// `POST /v1/licenses/{id}/renew` (US2): exactly one of the two.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    #[serde(default)]
+    pub extend_days: Option<i64>,
+}
+
+/// `POST /v1/licenses/{id}/suspend` and `/cancel`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonRequest {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `POST /v1/licenses/{id}/seats`: `seat_limit` is required, `null` = unlimited.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeatsRequest {
+    #[serde(default, deserialize_with = "present")]
+    pub seat_limit: Option<Option<i64>>,
+}
+
+/// `POST /v1/license-keys/{id}/transfer`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRequest {
+    pub customer_email: String,
+}
+
+/// `POST /v1/license-keys/{id}/rotate` answer: the new key, shown only here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RotatedKey {
+    pub id: String,
+    pub key: String,
+    pub key_hint: String,
+}
+
+/// `POST /v1/license-keys/{id}/transfer` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransferredKey {
+    pub id: String,
+    pub key_hint: String,
+    pub customer_email: String,
+}
+
+/// `POST /v1/activations` (US3).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivateRequest {
+    pub license_key: String,
+    pub product: String,
+    pub instance_id: String,
+    #[serde(default)]
+    pub instance_name: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// `POST /v1/activations/deactivate` (US5).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeactivateRequest {
+    pub license_key: String,
+    pub product: String,
+    pub instance_id: String,
+}
+
+/// `POST /v1/activations` answer (201 new, 200 existing).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Activated {
+    pub activation: ActivationRef,
+    pub license: SeatView,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActivationRef {
+    pub id: String,
+    pub instance_id: String,
+    pub activated_at: String,
+}
+
+/// What a product may see of its license: no email, no key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeatView {
+    pub product: String,
+    pub status: String,
+    pub expires_at: Option<String>,
+    pub seat_limit: Option<u32>,
+    pub seats_used: u32,
+    pub seats_remaining: Option<u32>,
+}
+
+/// `POST /v1/activations/deactivate` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deactivated {
+    pub deactivated: bool,
+    pub seats_remaining: Option<u32>,
+}
+
 /// `POST /v1/license-keys/lookup`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -56,6 +56,13 @@ impl std::fmt::Debug for SecretBox {
     }
 }
 
+/// Compares two secrets without leaking where they differ (compares their SHA-256 digests in
+/// constant time).
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    let (a, b) = (Sha256::digest(a), Sha256::digest(b));
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,11 +80,4 @@ mod tests {
         let sealed = SecretBox::new(&Secret::new("a-local-secret-key")).seal(b"x");
         assert!(SecretBox::new(&Secret::new("another-secret-key")).open(&sealed).is_err());
     }
-}
-
-/// Compares two secrets without leaking where they differ (compares their SHA-256 digests in
-/// constant time).
-pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    let (a, b) = (Sha256::digest(a), Sha256::digest(b));
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -100,6 +100,8 @@ pub struct Settings {
     pub worker_concurrency: u16,
     /// `CLS_LOG_FORMAT`: `text` (default) or `json`.
     pub log_format: LogFormat,
+    /// `CLS_SWEEP_INTERVAL_MS`: how often the licenses worker's expiry sweeper runs.
+    pub sweep_interval: Duration,
 }
 
 impl Settings {
@@ -123,6 +125,7 @@ impl Settings {
             db_pool_size: 8,
             worker_concurrency: 16,
             log_format: LogFormat::Text,
+            sweep_interval: Duration::from_secs(60),
         }
     }
 
@@ -186,6 +189,9 @@ impl Settings {
         }
         if let Some(v) = get("CLS_WORKER_CONCURRENCY") {
             s.worker_concurrency = parse_num(&v, "CLS_WORKER_CONCURRENCY", 1, 1000)? as u16;
+        }
+        if let Some(v) = get("CLS_SWEEP_INTERVAL_MS") {
+            s.sweep_interval = Duration::from_millis(parse_num(&v, "CLS_SWEEP_INTERVAL_MS", 10, 86_400_000)?);
         }
         if let Some(v) = get("CLS_LOG_FORMAT") {
             s.log_format = match v.as_str() {

@@ -136,3 +136,20 @@ pub async fn find(conn: &mut PgConnection, command_id: Uuid) -> Result<Option<St
 pub async fn purge(conn: &mut PgConnection, before: DateTime<Utc>) -> Result<u64, StoreError> {
     Ok(sqlx::query("DELETE FROM inbox WHERE completed_at < $1").bind(before).execute(conn).await?.rows_affected())
 }
+
+/// Records that an event consumer took an event on, in the consumer's transaction; `false` when
+/// it handled that event before (a redelivery), so the caller changes nothing.
+pub async fn claim_event(conn: &mut PgConnection, consumer: &str, event_id: Uuid) -> Result<bool, StoreError> {
+    let inserted = sqlx::query("INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(consumer)
+        .bind(event_id)
+        .execute(conn)
+        .await?
+        .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// Deletes event-consumer records older than `before` (retention, SPEC §6).
+pub async fn purge_events(conn: &mut PgConnection, before: DateTime<Utc>) -> Result<u64, StoreError> {
+    Ok(sqlx::query("DELETE FROM processed_events WHERE processed_at < $1").bind(before).execute(conn).await?.rows_affected())
+}

@@ -5,6 +5,7 @@
 //! errors are translated here: a unique violation comes back as a domain conflict, a lost
 //! connection as a transient [`StoreError`].
 
+pub mod activations;
 pub mod audit;
 pub mod brands;
 pub mod error;

@@ -272,3 +272,127 @@ pub async fn active_activations(conn: &mut PgConnection, license_id: Uuid) -> Re
     .fetch_all(conn)
     .await?)
 }
+
+/// A license row as the lifecycle commands see it (locked for update).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct LicenseRow {
+    pub id: Uuid,
+    pub brand_id: Uuid,
+    pub license_key_id: Uuid,
+    pub product_id: Uuid,
+    pub status: String,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub seat_limit: Option<i32>,
+    pub version: i64,
+}
+
+/// Locks one of the brand's licenses for this transaction (lock order: the license row first).
+pub async fn lock_license(conn: &mut PgConnection, brand_id: Uuid, id: Uuid) -> Result<Option<LicenseRow>, StoreError> {
+    Ok(sqlx::query_as::<_, LicenseRow>(
+        "SELECT id, brand_id, license_key_id, product_id, status, expires_at, seat_limit, version
+         FROM licenses WHERE id = $1 AND brand_id = $2 FOR UPDATE",
+    )
+    .bind(id)
+    .bind(brand_id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Writes a license's new state and bumps its version; returns the new version.
+pub async fn update_license(
+    conn: &mut PgConnection,
+    id: Uuid,
+    status: &str,
+    expires_at: Option<DateTime<Utc>>,
+    seat_limit: Option<u32>,
+    now: DateTime<Utc>,
+) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "UPDATE licenses SET status = $2, expires_at = $3, seat_limit = $4, updated_at = $5, version = version + 1
+         WHERE id = $1 RETURNING version",
+    )
+    .bind(id)
+    .bind(status)
+    .bind(expires_at)
+    .bind(seat_limit.map(|n| n as i32))
+    .bind(now)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Active activations of a license. Run it after locking the license row, as its own statement,
+/// so it sees every activation committed before the lock was granted.
+pub async fn count_active_activations(conn: &mut PgConnection, license_id: Uuid) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM activations WHERE license_id = $1 AND deactivated_at IS NULL")
+        .bind(license_id)
+        .fetch_one(conn)
+        .await?)
+}
+
+/// Locks one of the brand's keys for this transaction.
+pub async fn lock_key(conn: &mut PgConnection, brand_id: Uuid, id: Uuid) -> Result<Option<LicenseKeyRecord>, StoreError> {
+    Ok(sqlx::query_as::<_, LicenseKeyRecord>(sqlx::AssertSqlSafe(format!(
+        "SELECT {KEY_COLUMNS} FROM license_keys WHERE id = $1 AND brand_id = $2 FOR UPDATE"
+    )))
+    .bind(id)
+    .bind(brand_id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Gives a key a new value (hash and hint); the old value stops matching at once.
+pub async fn rotate_key(
+    conn: &mut PgConnection,
+    id: Uuid,
+    key_hash: &KeyHash,
+    key_hint: &str,
+    now: DateTime<Utc>,
+) -> Result<LicenseKeyRecord, WriteError<KeyTaken>> {
+    sqlx::query_as::<_, LicenseKeyRecord>(sqlx::AssertSqlSafe(format!(
+        "UPDATE license_keys SET key_hash = $2, key_hint = $3, imported = false, updated_at = $4, version = version + 1
+         WHERE id = $1 RETURNING {KEY_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(key_hash.as_str())
+    .bind(key_hint)
+    .bind(now)
+    .fetch_one(conn)
+    .await
+    .map_err(|e| match unique_violation(&e).as_deref() {
+        Some("license_keys_key_hash_key") => WriteError::Conflict(KeyTaken),
+        _ => WriteError::Store(e.into()),
+    })
+}
+
+/// Moves a key to another customer email.
+pub async fn transfer_key(conn: &mut PgConnection, id: Uuid, email: &Email, now: DateTime<Utc>) -> Result<LicenseKeyRecord, StoreError> {
+    Ok(sqlx::query_as::<_, LicenseKeyRecord>(sqlx::AssertSqlSafe(format!(
+        "UPDATE license_keys SET customer_email = $2, updated_at = $3, version = version + 1 WHERE id = $1 RETURNING {KEY_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(email.as_str())
+    .bind(now)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Takes the sweeper's lock for this transaction, if no other sweep holds it.
+pub async fn try_sweep_lock(conn: &mut PgConnection) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended('cls-expiry-sweeper', 0))").fetch_one(conn).await?)
+}
+
+/// Persists `expired` for up to `limit` valid licenses whose expiry has passed; returns their
+/// new state (version bumped).
+pub async fn expire_due(conn: &mut PgConnection, now: DateTime<Utc>, limit: i64) -> Result<Vec<LicenseView>, StoreError> {
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE licenses SET status = 'expired', updated_at = $1, version = version + 1
+         WHERE id IN (SELECT id FROM licenses WHERE status = 'valid' AND expires_at <= $1
+                      ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+         RETURNING id",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    licenses_by_ids(conn, &ids).await
+}

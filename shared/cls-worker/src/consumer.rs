@@ -6,6 +6,9 @@
 //! rejection keeps only the inbox row with its problem outcome. Transient failures are retried
 //! in place with backoff (the delivery stays unacked, which also holds back the consumer through
 //! its prefetch); fatal ones are recorded as a failed operation and dead-lettered.
+//!
+//! The retry policy ([`with_retries`]), the acking ([`Settle`]) and the writing of audit entries
+//! and outbox events ([`append_effects`]) are shared with the event consumer ([`crate::events`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,7 +33,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::command::{CommandContext, Dispatch, HandleError, Handled};
+use crate::command::{Audit, CommandContext, Dispatch, HandleError, Handled, NewEvent};
 
 /// How long a transient failure is retried in place before the delivery is handed back to the
 /// broker (which counts it toward the delivery limit).
@@ -48,12 +51,135 @@ pub struct CommandConsumer {
     pub outcomes: Family<Vec<(String, String)>, Counter>,
 }
 
-enum Ack {
+/// What to tell the broker about a delivery once it is handled.
+pub(crate) enum Settle {
     Ack,
     /// Give it back to the broker (shutdown, or retries exhausted).
     Requeue,
     /// Dead-letter it.
     Reject,
+}
+
+impl Settle {
+    /// Acks, requeues or rejects the delivery. A channel that died after the commit is not an
+    /// error: the broker redelivers and the inbox deduplicates.
+    pub(crate) async fn settle(self, delivery: &Delivery) {
+        let acked = match self {
+            Settle::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
+            Settle::Requeue => delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await,
+            Settle::Reject => delivery.acker.reject(BasicRejectOptions { requeue: false }).await,
+        };
+        match acked {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!("acknowledgement not sent: channel closed"),
+            Err(error) => tracing::warn!(%error, "acknowledgement failed"),
+        }
+    }
+}
+
+/// How an attempt that kept failing ended.
+pub(crate) enum GaveUp {
+    /// Still transient at the end of the retry window, or shutting down: hand it back.
+    Transient,
+    /// A fatal failure (or a rejection where none is expected).
+    Failed(HandleError),
+}
+
+/// Runs `attempt` until it succeeds or fails for good. Transient failures are retried in place
+/// with exponential backoff (100 ms doubling to 5 s) for up to [`RETRY_WINDOW`], never in a hot
+/// loop; the delivery stays unacked meanwhile, so the prefetch bound pauses the consumer.
+pub(crate) async fn with_retries<T, F, Fut>(shutdown: &CancellationToken, mut attempt: F) -> Result<T, GaveUp>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, HandleError>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Ok(done) => return Ok(done),
+            Err(HandleError::Transient(error)) => {
+                if shutdown.is_cancelled() || started.elapsed() > RETRY_WINDOW {
+                    tracing::warn!(error = format!("{error:#}"), "giving the message back to the broker");
+                    return Err(GaveUp::Transient);
+                }
+                tracing::warn!(error = format!("{error:#}"), retry_in = ?backoff, "transient failure; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(other) => return Err(GaveUp::Failed(other)),
+        }
+    }
+}
+
+/// What caused a transaction's effects: the audit entries' actor and request, the events'
+/// correlation and causation.
+pub(crate) struct Cause<'a> {
+    pub actor_kind: &'static str,
+    pub actor_id: Option<String>,
+    /// The HTTP request id behind it all: audit `request_id`, events' `correlation_id`.
+    pub correlation_id: Option<&'a str>,
+    /// The command that ran, if one did (audit `command_id`).
+    pub command_id: Option<Uuid>,
+    /// The message that caused the events: a command id, or the id of the event reacted to.
+    pub causation_id: String,
+    pub now: chrono::DateTime<Utc>,
+}
+
+/// Appends audit entries and outbox events in the caller's transaction, filling in who, the
+/// request and the event envelopes.
+pub(crate) async fn append_effects(tx: &mut sqlx::PgConnection, cause: &Cause<'_>, events: Vec<NewEvent>, audit: Vec<Audit>) -> Result<(), HandleError> {
+    let entries: Vec<audit::AuditEntry> = audit
+        .into_iter()
+        .map(|a| audit::AuditEntry {
+            id: Uuid::now_v7(),
+            brand_id: a.brand_id,
+            actor_kind: cause.actor_kind.to_owned(),
+            actor_id: cause.actor_id.clone(),
+            action: a.action.to_owned(),
+            target_type: a.target_type.to_owned(),
+            target_id: a.target_id,
+            request_id: cause.correlation_id.map(str::to_owned),
+            command_id: cause.command_id,
+            status_before: a.status_before,
+            status_after: a.status_after,
+            reason: a.reason,
+            at: cause.now,
+        })
+        .collect();
+    audit::append(tx, &entries).await?;
+
+    let events: Vec<outbox::NewOutboxEvent> = events
+        .into_iter()
+        .map(|e| {
+            let event_id = Uuid::now_v7();
+            let event_type = e.event.event_type();
+            let envelope = EventEnvelope {
+                id: event_id.to_string(),
+                schema_version: EVENT_SCHEMA_VERSION,
+                occurred_at: cls_contracts::format_time(cause.now),
+                brand_id: e.brand_id.map(|b| b.to_string()),
+                aggregate_id: e.aggregate_id.to_string(),
+                aggregate_version: e.aggregate_version,
+                correlation_id: cause.correlation_id.map(str::to_owned),
+                causation_id: Some(cause.causation_id.clone()),
+                event: e.event,
+            };
+            outbox::NewOutboxEvent {
+                event_id,
+                event_type,
+                aggregate_id: e.aggregate_id,
+                aggregate_version: e.aggregate_version,
+                payload: cls_contracts::encode(&envelope),
+                correlation_id: cause.correlation_id.map(str::to_owned),
+            }
+        })
+        .collect();
+    outbox::append(tx, &events).await?;
+    Ok(())
 }
 
 impl CommandConsumer {
@@ -133,34 +259,25 @@ impl CommandConsumer {
                 tracing::warn!(%error, "could not send the reply");
             }
         }
-        let acked = match ack {
-            Ack::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
-            Ack::Requeue => delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await,
-            Ack::Reject => delivery.acker.reject(BasicRejectOptions { requeue: false }).await,
-        };
-        match acked {
-            Ok(true) => {}
-            // The channel died after we committed: the broker redelivers and the inbox replays.
-            Ok(false) => tracing::debug!("acknowledgement not sent: channel closed"),
-            Err(error) => tracing::warn!(%error, "acknowledgement failed"),
-        }
+        // A channel that died after we committed: the broker redelivers and the inbox replays.
+        ack.settle(&delivery).await;
     }
 
     /// Decides the reply and what to tell the broker.
-    async fn process(&self, delivery: &Delivery, shutdown: &CancellationToken) -> (Ack, Option<Reply>) {
+    async fn process(&self, delivery: &Delivery, shutdown: &CancellationToken) -> (Settle, Option<Reply>) {
         let envelope: CommandEnvelope = match cls_contracts::decode(&delivery.data) {
             Ok(e) => e,
             Err(error) => {
                 tracing::error!(queue = %self.queue, %error, "dead-lettering an undecodable command");
                 self.count("?", "dead_lettered");
-                return (Ack::Reject, None);
+                return (Settle::Reject, None);
             }
         };
         let command_type = envelope.command.routing_key();
         let Ok(command_id) = envelope.command_id.parse::<Uuid>() else {
             tracing::error!(command_type, "dead-lettering a command without a valid id");
             self.count(command_type, "dead_lettered");
-            return (Ack::Reject, None);
+            return (Settle::Reject, None);
         };
         let span = tracing::info_span!("command", %command_id, command_type, request_id = %envelope.request_id);
         let _entered = span.enter();
@@ -169,40 +286,23 @@ impl CommandConsumer {
             return self.dead_letter(command_id, &envelope, &why).await;
         }
 
-        let started = tokio::time::Instant::now();
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.transact(command_id, &envelope).await {
-                Ok(reply) => {
-                    self.count(command_type, if reply.replayed { "replayed" } else { "handled" });
-                    return (Ack::Ack, Some(reply));
-                }
-                Err(HandleError::Transient(error)) => {
-                    if shutdown.is_cancelled() || started.elapsed() > RETRY_WINDOW {
-                        tracing::warn!(error = format!("{error:#}"), "giving the command back to the broker");
-                        self.count(command_type, "requeued");
-                        return (Ack::Requeue, None);
-                    }
-                    tracing::warn!(error = format!("{error:#}"), retry_in = ?backoff, "transient failure; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => {}
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(HandleError::Fatal(error)) => {
-                    return self.dead_letter(command_id, &envelope, &format!("{error:#}")).await;
-                }
-                Err(rejected @ HandleError::Rejected { .. }) => {
-                    unreachable!("rejections are stored outcomes, not errors: {rejected:?}")
-                }
+        match with_retries(shutdown, || self.transact(command_id, &envelope)).await {
+            Ok(reply) => {
+                self.count(command_type, if reply.replayed { "replayed" } else { "handled" });
+                (Settle::Ack, Some(reply))
             }
+            Err(GaveUp::Transient) => {
+                self.count(command_type, "requeued");
+                (Settle::Requeue, None)
+            }
+            Err(GaveUp::Failed(HandleError::Fatal(error))) => self.dead_letter(command_id, &envelope, &format!("{error:#}")).await,
+            Err(GaveUp::Failed(other)) => unreachable!("rejections are stored outcomes, not errors: {other:?}"),
         }
     }
 
     /// Records the failed operation, answers 500 so the caller is not left waiting, and
     /// dead-letters the delivery.
-    async fn dead_letter(&self, command_id: Uuid, envelope: &CommandEnvelope, why: &str) -> (Ack, Option<Reply>) {
+    async fn dead_letter(&self, command_id: Uuid, envelope: &CommandEnvelope, why: &str) -> (Settle, Option<Reply>) {
         tracing::error!(failure = why, "dead-lettering the command");
         self.count(envelope.command.routing_key(), "dead_lettered");
         let principal = envelope.principal.scope();
@@ -215,14 +315,14 @@ impl CommandConsumer {
             request_id: &envelope.request_id,
             received_at: Utc::now(),
         };
-        if let Ok(mut conn) = self.pool.acquire().await {
-            if let Err(error) = inbox::record_failure(&mut conn, &record, why, Utc::now()).await {
-                tracing::warn!(%error, "could not record the failed operation");
-            }
+        if let Ok(mut conn) = self.pool.acquire().await
+            && let Err(error) = inbox::record_failure(&mut conn, &record, why, Utc::now()).await
+        {
+            tracing::warn!(%error, "could not record the failed operation");
         }
         let problem = Problem::new(ProblemCode::Internal, "The command could not be processed.", &envelope.request_id);
         let reply = Reply { command_id: command_id.to_string(), status: 500, body: problem.to_json(), replayed: false };
-        (Ack::Reject, Some(reply))
+        (Settle::Reject, Some(reply))
     }
 
     /// One attempt: the whole command in one transaction. Returns the reply to send.
@@ -282,56 +382,15 @@ impl CommandConsumer {
             cls_contracts::Principal::ApiKey { api_key_id, .. } => ("api_key", Some(api_key_id.clone())),
             cls_contracts::Principal::LicenseKey { .. } => ("license_key", None),
         };
-        let entries: Vec<audit::AuditEntry> = handled
-            .audit
-            .into_iter()
-            .map(|a| audit::AuditEntry {
-                id: Uuid::now_v7(),
-                brand_id: a.brand_id,
-                actor_kind: actor_kind.to_owned(),
-                actor_id: actor_id.clone(),
-                action: a.action.to_owned(),
-                target_type: a.target_type.to_owned(),
-                target_id: a.target_id,
-                request_id: Some(context.request_id.clone()),
-                command_id: Some(context.command_id),
-                status_before: a.status_before,
-                status_after: a.status_after,
-                reason: a.reason,
-                at: context.now,
-            })
-            .collect();
-        audit::append(tx, &entries).await?;
-
-        let events: Vec<outbox::NewOutboxEvent> = handled
-            .events
-            .into_iter()
-            .map(|e| {
-                let event_id = Uuid::now_v7();
-                let event_type = e.event.event_type();
-                let envelope = EventEnvelope {
-                    id: event_id.to_string(),
-                    schema_version: EVENT_SCHEMA_VERSION,
-                    occurred_at: cls_contracts::format_time(context.now),
-                    brand_id: e.brand_id.map(|b| b.to_string()),
-                    aggregate_id: e.aggregate_id.to_string(),
-                    aggregate_version: e.aggregate_version,
-                    correlation_id: Some(context.request_id.clone()),
-                    causation_id: Some(context.command_id.to_string()),
-                    event: e.event,
-                };
-                outbox::NewOutboxEvent {
-                    event_id,
-                    event_type,
-                    aggregate_id: e.aggregate_id,
-                    aggregate_version: e.aggregate_version,
-                    payload: cls_contracts::encode(&envelope),
-                    correlation_id: Some(context.request_id.clone()),
-                }
-            })
-            .collect();
-        outbox::append(tx, &events).await?;
-        Ok(())
+        let cause = Cause {
+            actor_kind,
+            actor_id,
+            correlation_id: Some(&context.request_id),
+            command_id: Some(context.command_id),
+            causation_id: context.command_id.to_string(),
+            now: context.now,
+        };
+        append_effects(tx, &cause, handled.events, handled.audit).await
     }
 
     /// The reply for a command seen before.

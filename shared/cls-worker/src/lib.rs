@@ -4,15 +4,20 @@
 //! - [`consumer`]: consume the module's command queue with bounded concurrency; per command one
 //!   Postgres transaction holding the inbox row, the state change, its audit entries and its
 //!   outbox events; commit, then reply, then ack. A duplicate delivery replays the stored outcome.
+//! - [`events`]: consume a module's subscriber queue on `<ns>.events` (its reactions to other
+//!   modules' events): per event one transaction holding the `processed_events` row, the
+//!   reaction's changes, audit entries and outbox events; commit, then ack.
 //! - [`relay`]: publish committed outbox rows to `<ns>.events` with confirms.
 //! - [`retention`]: purges old stored outcomes and published events.
 //! - [`Worker`]: connects everything, serves the ops listener and runs until shutdown.
 
 pub mod command;
 pub mod consumer;
+pub mod events;
 pub mod relay;
 pub mod retention;
 mod worker;
 
 pub use command::{Audit, CommandContext, Dispatch, HandleError, Handled, NewEvent};
+pub use events::{EventContext, EventDispatch, Reaction};
 pub use worker::Worker;

@@ -1,4 +1,4 @@
-//! Retention (SPEC §6): stored outcomes past the retention window and published outbox rows
+//! Retention (SPEC §6): stored outcomes and event-consumer records past the retention window and published outbox rows
 //! past a grace period are purged, hourly. Several replicas may purge at once; deletes are
 //! idempotent.
 
@@ -29,7 +29,7 @@ pub async fn run(pool: PgPool, shutdown: CancellationToken) {
 pub async fn purge_once(pool: &PgPool) -> anyhow::Result<(u64, u64)> {
     let mut conn = pool.acquire().await?;
     let now = Utc::now();
-    let outcomes = inbox::purge(&mut conn, now - INBOX_RETENTION).await?;
+    let outcomes = inbox::purge(&mut conn, now - INBOX_RETENTION).await? + inbox::purge_events(&mut conn, now - INBOX_RETENTION).await?;
     let events = outbox::purge_published(&mut conn, now - OUTBOX_GRACE).await?;
     if outcomes + events > 0 {
         tracing::info!(outcomes, events, "retention purge");

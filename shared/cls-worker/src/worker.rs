@@ -1,5 +1,6 @@
 //! A module worker process: connections, topology, the command consumer, the outbox relay and
-//! the ops listener, run until shutdown.
+//! the ops listener, run until shutdown; plus, for a module that reacts to other modules'
+//! events ([`Worker::with_events`]), the event consumer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use tokio::net::TcpListener;
 
 use crate::command::Dispatch;
 use crate::consumer::CommandConsumer;
+use crate::events::{EventConsumer, EventDispatch};
 use crate::relay::Relay;
 
 /// A built worker, ready to run. `build` connects and binds; `run_until_stopped` works.
@@ -32,6 +34,8 @@ pub struct Worker {
     publish: Arc<Connection>,
     topology: Topology,
     ops_listener: TcpListener,
+    /// The module's subscriber queue on `<ns>.events` and its reaction, if it has one.
+    events: Option<(String, EventDispatch)>,
 }
 
 impl Worker {
@@ -44,7 +48,19 @@ impl Worker {
         let topology = Topology::new(settings.namespace.clone());
         topology.declare(&consume.create_channel().await?).await?;
         let ops_listener = cls_runtime::http::bind(settings.ops_addr).await?;
-        Ok(Worker { settings, kind, module, dispatch, pool, consume, publish, topology, ops_listener })
+        Ok(Worker { settings, kind, module, dispatch, pool, consume, publish, topology, ops_listener, events: None })
+    }
+
+    /// Also consume `queue` (a subscriber queue on `<ns>.events`, declared by the topology)
+    /// with `dispatch`, deduplicating by event id under the module's name.
+    pub fn with_events(mut self, queue: String, dispatch: EventDispatch) -> Worker {
+        self.events = Some((queue, dispatch));
+        self
+    }
+
+    /// The AMQP names of the worker's namespace.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
     }
 
     pub fn ops_addr(&self) -> SocketAddr {
@@ -57,6 +73,8 @@ impl Worker {
         registry.register("commands", "Commands handled, by command type and outcome", outcomes.clone());
         let published = Counter::default();
         registry.register("outbox_published", "Events published from the outbox", published.clone());
+        let reactions = Family::<Vec<(String, String)>, Counter>::default();
+        registry.register("events_consumed", "Events consumed from the module's subscriber queue, by event type and outcome", reactions.clone());
 
         let consuming = Arc::new(AtomicBool::new(false));
         let consumer = Arc::new(CommandConsumer {
@@ -70,6 +88,18 @@ impl Worker {
             outcomes,
         });
         let relay = Relay { pool: self.pool.clone(), topology: self.topology.clone(), published };
+        let events_consuming = Arc::new(AtomicBool::new(self.events.is_none()));
+        let event_consumer = self.events.clone().map(|(queue, dispatch)| {
+            Arc::new(EventConsumer {
+                consumer: self.module.as_str(),
+                queue,
+                pool: self.pool.clone(),
+                dispatch,
+                concurrency: self.settings.worker_concurrency,
+                consuming: events_consuming.clone(),
+                outcomes: reactions,
+            })
+        });
 
         let pool = self.pool.clone();
         let consume = self.consume.clone();
@@ -84,8 +114,12 @@ impl Worker {
                 async move { c.and(p) }
             }))
             .ready_when(probe(move || {
-                let ok = consuming.load(Ordering::Relaxed);
-                async move { if ok { Ok(()) } else { Err("not consuming commands yet".to_owned()) } }
+                let ready = match (consuming.load(Ordering::Relaxed), events_consuming.load(Ordering::Relaxed)) {
+                    (false, _) => Err("not consuming commands yet".to_owned()),
+                    (true, false) => Err("not consuming events yet".to_owned()),
+                    (true, true) => Ok(()),
+                };
+                async move { ready }
             }));
 
         tracing::info!(service = self.kind.name(), ops = %self.ops_addr(), "worker started");
@@ -93,7 +127,11 @@ impl Worker {
         let ops_task = tokio::spawn(ops.serve(self.ops_listener, shutdown.clone()));
         let relay_task = tokio::spawn(relay.run(self.publish.clone(), shutdown.clone()));
         let retention_task = tokio::spawn(crate::retention::run(self.pool.clone(), shutdown.clone()));
+        let events_task = event_consumer.map(|c| tokio::spawn(c.run(self.consume.clone(), shutdown.clone(), drain)));
         consumer.run(self.consume.clone(), self.publish.clone(), shutdown.clone(), drain).await;
+        if let Some(task) = events_task {
+            let _ = task.await;
+        }
         let _ = relay_task.await;
         let _ = retention_task.await;
         let _ = ops_task.await;

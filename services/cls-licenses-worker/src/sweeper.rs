@@ -1,0 +1,110 @@
+//! The expiry sweeper (SPEC §6): persists `expired` for valid licenses past their expiry and
+//! emits `license.expired` once per license, even with N licenses-worker replicas: each sweep
+//! runs in one transaction holding a transaction-scoped advisory lock (another replica's sweep
+//! skips while it is held), and rows are claimed with `FOR UPDATE SKIP LOCKED`. Reads already
+//! treat such licenses as expired before the sweep (effective status); the sweep makes the
+//! stored status and the event stream catch up.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use cls_contracts::event::{self, EVENT_SCHEMA_VERSION, Event, EventEnvelope};
+use cls_contracts::format_time;
+use cls_store::audit::{self, AuditEntry};
+use cls_store::licenses;
+use cls_store::outbox::{self, NewOutboxEvent};
+use cls_store::{PgPool, StoreError};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Licenses expired per sweep transaction; a larger backlog continues in the next one at once.
+const BATCH: i64 = 500;
+/// The audit actor of the sweeper's changes.
+pub const ACTOR: &str = "expiry-sweeper";
+
+pub async fn run(pool: PgPool, every: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        loop {
+            match sweep_once(&pool).await {
+                Ok(n) if n == BATCH as usize => continue,
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::warn!(error = format!("{error:#}"), "expiry sweep failed; retrying at the next tick");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// One sweep: returns how many licenses it expired (0 if another replica is sweeping).
+pub async fn sweep_once(pool: &PgPool) -> Result<usize, StoreError> {
+    let now = Utc::now();
+    let mut tx = pool.begin().await?;
+    if !licenses::try_sweep_lock(&mut tx).await? {
+        tx.rollback().await?;
+        return Ok(0);
+    }
+    let expired = licenses::expire_due(&mut tx, now, BATCH).await?;
+    let mut events = Vec::with_capacity(expired.len());
+    let mut entries = Vec::with_capacity(expired.len());
+    for v in &expired {
+        let state = event::LicenseState {
+            license_id: v.id.to_string(),
+            license_key_id: v.license_key_id.to_string(),
+            brand_id: v.brand_id.to_string(),
+            product: v.product.clone(),
+            status: "expired".to_owned(),
+            expires_at: v.expires_at.map(format_time),
+            seat_limit: v.seat_limit.map(|n| n as u32),
+            reason: None,
+            previous_status: "valid".to_owned(),
+        };
+        let event_id = Uuid::now_v7();
+        let envelope = EventEnvelope {
+            id: event_id.to_string(),
+            schema_version: EVENT_SCHEMA_VERSION,
+            occurred_at: format_time(now),
+            brand_id: Some(v.brand_id.to_string()),
+            aggregate_id: v.id.to_string(),
+            aggregate_version: v.version,
+            correlation_id: None,
+            causation_id: None,
+            event: Event::LicenseExpired(state),
+        };
+        events.push(NewOutboxEvent {
+            event_id,
+            event_type: "license.expired",
+            aggregate_id: v.id,
+            aggregate_version: v.version,
+            payload: cls_contracts::encode(&envelope),
+            correlation_id: None,
+        });
+        entries.push(AuditEntry {
+            id: Uuid::now_v7(),
+            brand_id: Some(v.brand_id),
+            actor_kind: "system".to_owned(),
+            actor_id: Some(ACTOR.to_owned()),
+            action: "license.expired".to_owned(),
+            target_type: "license".to_owned(),
+            target_id: v.id,
+            request_id: None,
+            command_id: None,
+            status_before: Some("valid".to_owned()),
+            status_after: Some("expired".to_owned()),
+            reason: None,
+            at: now,
+        });
+    }
+    audit::append(&mut tx, &entries).await?;
+    outbox::append(&mut tx, &events).await?;
+    tx.commit().await?;
+    if !expired.is_empty() {
+        tracing::info!(count = expired.len(), "licenses expired");
+    }
+    Ok(expired.len())
+}
