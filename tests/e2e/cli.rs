@@ -1,5 +1,5 @@
-//! The `cls` binary as a newcomer uses it: `cls up` runs the whole cluster (readiness, a dead
-//! child restarted, a clean stop), `cls brand create` gives a brand and an API key in one
+//! The `cls` binary as a newcomer uses it: `cls up` runs the whole cluster (readiness, replica
+//! counts, a dead child restarted, a clean stop), `cls brand create` gives a brand and an API key in one
 //! command, and the key creates a product.
 
 use std::time::Duration;
@@ -70,7 +70,7 @@ async fn cls_up_brand_create_and_a_product() {
         ("CLS_LOG", "warn"),
     ];
     let mut up = tokio::process::Command::new(binary_path("cls"))
-        .args(["up", "--ops-base-port", &ops_base.to_string()])
+        .args(["up", "--ops-base-port", &ops_base.to_string(), "--replicas", "activations=3"])
         .envs(env)
         .env_remove("CLS_SECRET_KEY")
         .env_remove("CLS_INTERNAL_TOKEN")
@@ -93,6 +93,11 @@ async fn cls_up_brand_create_and_a_product() {
     };
     let ready = format!("http://{http_addr}/ready");
     eventually(Duration::from_secs(90), "cls up ready", || get(ready.clone()).map_ok()).await;
+
+    // Replica counts per worker kind.
+    let count = |binary: &str| children(pid).iter().filter(|(_, cmd)| cmd.contains(binary)).count();
+    assert_eq!(count("cls-activations-worker"), 3);
+    assert_eq!(count("cls-brands-worker"), 1);
 
     // A worker that dies is restarted and the cluster is ready again.
     let (worker, _) = children(pid).into_iter().find(|(_, cmd)| cmd.contains("cls-brands-worker")).expect("a brands worker child");

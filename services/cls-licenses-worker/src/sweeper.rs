@@ -8,14 +8,11 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use cls_contracts::event::{self, EVENT_SCHEMA_VERSION, Event, EventEnvelope};
+use cls_contracts::event::{self, Event};
 use cls_contracts::format_time;
-use cls_store::audit::{self, AuditEntry};
-use cls_store::licenses;
-use cls_store::outbox::{self, NewOutboxEvent};
-use cls_store::{PgPool, StoreError};
+use cls_store::{PgPool, licenses};
+use cls_worker::{Audit, Cause, HandleError, NewEvent, append_effects};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 /// Licenses expired per sweep transaction; a larger backlog continues in the next one at once.
 const BATCH: i64 = 500;
@@ -33,7 +30,7 @@ pub async fn run(pool: PgPool, every: Duration, shutdown: CancellationToken) {
                 Ok(n) if n == BATCH as usize => continue,
                 Ok(_) => break,
                 Err(error) => {
-                    tracing::warn!(error = format!("{error:#}"), "expiry sweep failed; retrying at the next tick");
+                    tracing::warn!(?error, "expiry sweep failed; retrying at the next tick");
                     break;
                 }
             }
@@ -42,7 +39,7 @@ pub async fn run(pool: PgPool, every: Duration, shutdown: CancellationToken) {
 }
 
 /// One sweep: returns how many licenses it expired (0 if another replica is sweeping).
-pub async fn sweep_once(pool: &PgPool) -> Result<usize, StoreError> {
+pub async fn sweep_once(pool: &PgPool) -> Result<usize, HandleError> {
     let now = Utc::now();
     let mut tx = pool.begin().await?;
     if !licenses::try_sweep_lock(&mut tx).await? {
@@ -51,7 +48,7 @@ pub async fn sweep_once(pool: &PgPool) -> Result<usize, StoreError> {
     }
     let expired = licenses::expire_due(&mut tx, now, BATCH).await?;
     let mut events = Vec::with_capacity(expired.len());
-    let mut entries = Vec::with_capacity(expired.len());
+    let mut audit = Vec::with_capacity(expired.len());
     for v in &expired {
         let state = event::LicenseState {
             license_id: v.id.to_string(),
@@ -64,44 +61,19 @@ pub async fn sweep_once(pool: &PgPool) -> Result<usize, StoreError> {
             reason: None,
             previous_status: "valid".to_owned(),
         };
-        let event_id = Uuid::now_v7();
-        let envelope = EventEnvelope {
-            id: event_id.to_string(),
-            schema_version: EVENT_SCHEMA_VERSION,
-            occurred_at: format_time(now),
-            brand_id: Some(v.brand_id.to_string()),
-            aggregate_id: v.id.to_string(),
-            aggregate_version: v.version,
-            correlation_id: None,
-            causation_id: None,
-            event: Event::LicenseExpired(state),
-        };
-        events.push(NewOutboxEvent {
-            event_id,
-            event_type: "license.expired",
-            aggregate_id: v.id,
-            aggregate_version: v.version,
-            payload: cls_contracts::encode(&envelope),
-            correlation_id: None,
-        });
-        entries.push(AuditEntry {
-            id: Uuid::now_v7(),
+        events.push(NewEvent { brand_id: Some(v.brand_id), aggregate_id: v.id, aggregate_version: v.version, event: Event::LicenseExpired(state) });
+        audit.push(Audit {
             brand_id: Some(v.brand_id),
-            actor_kind: "system".to_owned(),
-            actor_id: Some(ACTOR.to_owned()),
-            action: "license.expired".to_owned(),
-            target_type: "license".to_owned(),
+            action: "license.expired",
+            target_type: "license",
             target_id: v.id,
-            request_id: None,
-            command_id: None,
             status_before: Some("valid".to_owned()),
             status_after: Some("expired".to_owned()),
             reason: None,
-            at: now,
         });
     }
-    audit::append(&mut tx, &entries).await?;
-    outbox::append(&mut tx, &events).await?;
+    let cause = Cause { actor_kind: "system", actor_id: Some(ACTOR.to_owned()), correlation_id: None, command_id: None, causation_id: None, now };
+    append_effects(&mut tx, &cause, events, audit).await?;
     tx.commit().await?;
     if !expired.is_empty() {
         tracing::info!(count = expired.len(), "licenses expired");

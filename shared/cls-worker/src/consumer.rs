@@ -117,21 +117,22 @@ where
 
 /// What caused a transaction's effects: the audit entries' actor and request, the events'
 /// correlation and causation.
-pub(crate) struct Cause<'a> {
+pub struct Cause<'a> {
     pub actor_kind: &'static str,
     pub actor_id: Option<String>,
     /// The HTTP request id behind it all: audit `request_id`, events' `correlation_id`.
     pub correlation_id: Option<&'a str>,
     /// The command that ran, if one did (audit `command_id`).
     pub command_id: Option<Uuid>,
-    /// The message that caused the events: a command id, or the id of the event reacted to.
-    pub causation_id: String,
+    /// The message that caused the events: a command id, or the id of the event reacted to
+    /// (none for scheduled work such as the expiry sweep).
+    pub causation_id: Option<String>,
     pub now: chrono::DateTime<Utc>,
 }
 
 /// Appends audit entries and outbox events in the caller's transaction, filling in who, the
 /// request and the event envelopes.
-pub(crate) async fn append_effects(tx: &mut sqlx::PgConnection, cause: &Cause<'_>, events: Vec<NewEvent>, audit: Vec<Audit>) -> Result<(), HandleError> {
+pub async fn append_effects(tx: &mut sqlx::PgConnection, cause: &Cause<'_>, events: Vec<NewEvent>, audit: Vec<Audit>) -> Result<(), HandleError> {
     let entries: Vec<audit::AuditEntry> = audit
         .into_iter()
         .map(|a| audit::AuditEntry {
@@ -165,7 +166,7 @@ pub(crate) async fn append_effects(tx: &mut sqlx::PgConnection, cause: &Cause<'_
                 aggregate_id: e.aggregate_id.to_string(),
                 aggregate_version: e.aggregate_version,
                 correlation_id: cause.correlation_id.map(str::to_owned),
-                causation_id: Some(cause.causation_id.clone()),
+                causation_id: cause.causation_id.clone(),
                 event: e.event,
             };
             outbox::NewOutboxEvent {
@@ -387,7 +388,7 @@ impl CommandConsumer {
             actor_id,
             correlation_id: Some(&context.request_id),
             command_id: Some(context.command_id),
-            causation_id: context.command_id.to_string(),
+            causation_id: Some(context.command_id.to_string()),
             now: context.now,
         };
         append_effects(tx, &cause, handled.events, handled.audit).await

@@ -179,7 +179,7 @@ impl EventConsumer {
             actor_id: Some(self.consumer.to_owned()),
             correlation_id: context.envelope.correlation_id.as_deref(),
             command_id: None,
-            causation_id: context.event_id.to_string(),
+            causation_id: Some(context.event_id.to_string()),
             now,
         };
         append_effects(&mut tx, &cause, reaction.events, reaction.audit).await?;

@@ -19,5 +19,6 @@ pub mod retention;
 mod worker;
 
 pub use command::{Audit, CommandContext, Dispatch, HandleError, Handled, NewEvent};
+pub use consumer::{Cause, append_effects};
 pub use events::{EventContext, EventDispatch, Reaction};
 pub use worker::Worker;
