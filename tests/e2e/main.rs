@@ -13,3 +13,4 @@ mod licenses;
 mod lifecycle;
 mod protocol;
 mod store;
+mod validation;

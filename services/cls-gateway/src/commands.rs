@@ -356,3 +356,33 @@ pub fn deactivate(body: &[u8]) -> Result<(Command, Principal), Invalid> {
         Some((command, principal))
     })
 }
+
+/// `POST /v1/license-keys/validate`: 1-64 characters of key; an instance needs a product. A key
+/// of the right length that cannot be a key is simply not found (`key_hash: None`).
+pub fn validate(body: &[u8]) -> Result<cls_contracts::internal::ValidateKey, Invalid> {
+    let req: cls_contracts::http::ValidateRequest = parse_json(body)?;
+    let mut f = Fields::default();
+    let length = req.license_key.trim().chars().count();
+    if !(1..=64).contains(&length) {
+        f.0.push(FieldProblem { field: "license_key".into(), message: "must be 1-64 characters".into() });
+    }
+    let product = match &req.product {
+        Some(p) => f.check("product", ProductCode::parse(p)).map(|p| Some(p.into_inner())),
+        None => Some(None),
+    };
+    let instance = match (&req.instance_id, &req.product) {
+        (Some(_), None) => {
+            f.0.push(FieldProblem { field: "instance_id".into(), message: "needs a product".into() });
+            None
+        }
+        (Some(i), Some(_)) => f.check("instance_id", InstanceId::parse(i)).map(|i| Some(i.into_inner())),
+        (None, _) => Some(None),
+    };
+    f.finish(|| {
+        Some(cls_contracts::internal::ValidateKey {
+            key_hash: LicenseKey::parse(&req.license_key).ok().map(|k| k.hash().into_inner()),
+            product: product?,
+            instance_id: instance?,
+        })
+    })
+}

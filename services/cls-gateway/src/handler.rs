@@ -88,6 +88,7 @@ async fn dispatch(state: &State, route: Route, req: Request<Incoming>, request_i
         | Route::LicenseHistory { .. }
         | Route::EcosystemLicenses => forward(state, &req, principal.as_ref(), request_id).await,
         Route::LookupKey => lookup_key(state, req, principal.as_ref(), request_id).await,
+        Route::Validate => validate(state, req, request_id).await,
         Route::Provision => command(state, req, principal, request_id, brand(|b| commands::provision(&brand_id, b))).await,
         Route::CreateBrand => command(state, req, principal, request_id, brand(commands::create_brand)).await,
         Route::CreateApiKey { brand_id } => {
@@ -294,13 +295,9 @@ fn passthrough(answer: crate::query::Answer) -> Response<Body> {
 /// `POST /v1/license-keys/lookup`: the pasted key is hashed here, so only its hash reaches the
 /// query service.
 async fn lookup_key(state: &State, req: Request<Incoming>, principal: Option<&Principal>, request_id: &str) -> Response<Body> {
-    if !is_json(&req) {
-        return problem(ProblemCode::UnsupportedMediaType, "Send the body as application/json.", request_id);
-    }
-    let body = match read_body(req.into_body()).await {
+    let body = match json_body(req, request_id).await {
         Ok(b) => b,
-        Err(BodyError::TooLarge) => return problem(ProblemCode::PayloadTooLarge, "The request body is over 64 KiB.", request_id),
-        Err(BodyError::Unreadable) => return invalid("body", "could not be read", request_id),
+        Err(r) => return r,
     };
     let lookup: cls_contracts::http::LookupRequest = match commands::parse_json(&body) {
         Ok(l) => l,
@@ -315,6 +312,36 @@ async fn lookup_key(state: &State, req: Request<Incoming>, principal: Option<&Pr
     match state.query.send(Method::POST, "/internal/license-keys/lookup", principal, request_id, Some(internal)).await {
         Ok(answer) => passthrough(answer),
         Err(_) => with_retry_after(problem(ProblemCode::Unavailable, "Reads are temporarily unavailable.", request_id)),
+    }
+}
+
+/// `POST /v1/license-keys/validate` (US4): the key is hashed here; the query service answers.
+async fn validate(state: &State, req: Request<Incoming>, request_id: &str) -> Response<Body> {
+    let body = match json_body(req, request_id).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let query = match commands::validate(&body) {
+        Ok(q) => q,
+        Err(Invalid::Fields(errors)) => return problem_body(Problem::invalid(errors, request_id)),
+        Err(Invalid::NotFound | Invalid::NotFoundAs(_)) => return problem(ProblemCode::NotFound, "Not found.", request_id),
+    };
+    let internal = serde_json::to_vec(&query).expect("serializable");
+    match state.query.send(Method::POST, "/internal/license-keys/validate", None, request_id, Some(internal)).await {
+        Ok(answer) => passthrough(answer),
+        Err(_) => with_retry_after(problem(ProblemCode::Unavailable, "Validation is temporarily unavailable.", request_id)),
+    }
+}
+
+/// A JSON request body, or the 415 / 413 / 400 to answer.
+async fn json_body(req: Request<Incoming>, request_id: &str) -> Result<Bytes, Response<Body>> {
+    if !is_json(&req) {
+        return Err(problem(ProblemCode::UnsupportedMediaType, "Send the body as application/json.", request_id));
+    }
+    match read_body(req.into_body()).await {
+        Ok(b) => Ok(b),
+        Err(BodyError::TooLarge) => Err(problem(ProblemCode::PayloadTooLarge, "The request body is over 64 KiB.", request_id)),
+        Err(BodyError::Unreadable) => Err(invalid("body", "could not be read", request_id)),
     }
 }
 

@@ -32,6 +32,7 @@ pub enum Route {
     Activate,
     Deactivate,
     ReleaseActivation { id: String },
+    Validate,
 }
 
 /// Who may call a route.
@@ -83,6 +84,7 @@ impl Route {
             ["v1", "activations", "deactivate"] => vec![(Method::POST, Route::Deactivate)],
             ["v1", "activations", id] => vec![(Method::DELETE, Route::ReleaseActivation { id: owned(id) })],
             ["v1", "license-keys", "lookup"] => vec![(Method::POST, Route::LookupKey)],
+            ["v1", "license-keys", "validate"] => vec![(Method::POST, Route::Validate)],
             ["v1", "ecosystem", "licenses"] => vec![(Method::GET, Route::EcosystemLicenses)],
             _ => return Err(Miss::NotFound),
         };
@@ -109,7 +111,7 @@ impl Route {
             | Route::RotateKey { .. }
             | Route::TransferKey { .. }
             | Route::ReleaseActivation { .. } => Access::Brand(Scope::LicensesWrite),
-            Route::Activate | Route::Deactivate => Access::Product,
+            Route::Activate | Route::Deactivate | Route::Validate => Access::Product,
             Route::ListProducts | Route::ListLicenses | Route::GetLicense { .. } | Route::LicenseHistory { .. } | Route::LookupKey => {
                 Access::Brand(Scope::LicensesRead)
             }
@@ -147,6 +149,7 @@ impl Route {
             Route::Activate => "activate",
             Route::Deactivate => "deactivate",
             Route::ReleaseActivation { .. } => "release_activation",
+            Route::Validate => "validate",
         }
     }
 }

@@ -8,6 +8,7 @@
 mod hot;
 mod operations;
 mod routes;
+mod validate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cls_contracts::http::{self, Page};
-use cls_contracts::internal::{INTERNAL_TOKEN_HEADER, LookupKey, PRINCIPAL_HEADER, RegisterOperation, ResolveApiKey};
+use cls_contracts::internal::{INTERNAL_TOKEN_HEADER, LookupKey, PRINCIPAL_HEADER, RegisterOperation, ResolveApiKey, ValidateKey};
 use cls_contracts::{Principal, Problem, ProblemCode, format_time};
 use chrono::Utc;
 use cls_domain::{Email, KeyHash};
@@ -165,6 +165,11 @@ async fn route(state: &State, req: Request<Incoming>, request_id: &str) -> Reply
                 created_at: format_time(key.created_at),
                 licenses: held.iter().map(|l| views::license(l, now)).collect(),
             };
+            Ok(json(StatusCode::OK, serde_json::to_vec(&answer).expect("serializable")))
+        }
+        (&Method::POST, ["internal", "license-keys", "validate"], _) => {
+            let body: ValidateKey = read_json(req, request_id).await?;
+            let answer = crate::validate::validate(&state.pool, &body).await.map_err(internal_error)?;
             Ok(json(StatusCode::OK, serde_json::to_vec(&answer).expect("serializable")))
         }
         (&Method::GET, ["v1", "ecosystem", "licenses"], Some(Principal::ApiKey { .. })) => {

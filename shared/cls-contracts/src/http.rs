@@ -239,6 +239,43 @@ pub struct ListedLicense {
     pub customer_email: String,
 }
 
+/// `POST /v1/license-keys/validate` (US4).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidateRequest {
+    pub license_key: String,
+    #[serde(default)]
+    pub product: Option<String>,
+    #[serde(default)]
+    pub instance_id: Option<String>,
+}
+
+/// The validation answer (always 200): nothing private, never the email or the full key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Validation {
+    pub valid: bool,
+    pub code: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_hint: Option<String>,
+    pub licenses: Vec<ValidatedLicense>,
+    pub checked_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidatedLicense {
+    pub product: String,
+    pub status: String,
+    pub valid: bool,
+    pub code: String,
+    pub expires_at: Option<String>,
+    pub seat_limit: Option<u32>,
+    pub seats_used: u32,
+    pub seats_remaining: Option<u32>,
+    /// Only when an instance was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_active: Option<bool>,
+}
+
 /// `POST /v1/license-keys/lookup` answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LookedUpKey {

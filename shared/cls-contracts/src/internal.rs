@@ -37,3 +37,12 @@ pub struct RegisterOperation {
 pub struct LookupKey {
     pub key_hash: String,
 }
+
+/// `POST /internal/license-keys/validate`: the key as its hash, the rest normalized.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ValidateKey {
+    /// `None` when the presented key cannot be a key at all (it is then simply not found).
+    pub key_hash: Option<String>,
+    pub product: Option<String>,
+    pub instance_id: Option<String>,
+}

@@ -396,3 +396,14 @@ pub async fn expire_due(conn: &mut PgConnection, now: DateTime<Utc>, limit: i64)
     .await?;
     licenses_by_ids(conn, &ids).await
 }
+
+/// Whether the instance holds an active seat of the license.
+pub async fn instance_active(conn: &mut PgConnection, license_id: Uuid, instance_id: &str) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM activations WHERE license_id = $1 AND instance_id = $2 AND deactivated_at IS NULL)",
+    )
+    .bind(license_id)
+    .bind(instance_id)
+    .fetch_one(conn)
+    .await?)
+}
