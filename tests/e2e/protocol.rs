@@ -98,3 +98,26 @@ async fn every_service_has_an_ops_listener() {
     assert!(gateway.contains("route=\"create_brand\""), "{gateway}");
     c.stop().await;
 }
+
+#[tokio::test]
+async fn activation_metadata_is_checked_at_the_edge() {
+    let c = TestCluster::spawn().await;
+    let base = json!({"license_key": "AB-0000-0000-0000-0000", "product": "p", "instance_id": "x"});
+    let with = |metadata: serde_json::Value| {
+        let mut b = base.clone();
+        b["metadata"] = metadata;
+        b
+    };
+    // A NUL cannot be stored by Postgres: refused with a 400, never a dead-lettered command.
+    let r = c.post("/v1/activations", &[], &with(json!({"note": "a\u{0}b"}))).await;
+    assert_problem(&r, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    assert_eq!(r.json()["errors"][0]["field"], "metadata");
+    let r = c.post("/v1/activations", &[], &with(json!(["not", "an", "object"]))).await;
+    assert_problem(&r, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    let r = c.post("/v1/activations", &[], &with(json!({"big": "x".repeat(5000)}))).await;
+    assert_problem(&r, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    // Well-formed: the unknown key is what answers.
+    let r = c.post("/v1/activations", &[], &with(json!({"site": "shop"}))).await;
+    assert_problem(&r, StatusCode::NOT_FOUND, "LICENSE_KEY_NOT_FOUND");
+    c.stop().await;
+}

@@ -315,7 +315,10 @@ pub fn activate(body: &[u8]) -> Result<(Command, Principal), Invalid> {
         None | Some(serde_json::Value::Null) => Some(None),
         Some(v @ serde_json::Value::Object(_)) => {
             let text = v.to_string();
-            if text.len() > MAX_METADATA_BYTES {
+            if has_nul(&v) {
+                f.0.push(FieldProblem { field: "metadata".into(), message: "must not contain the character U+0000".into() });
+                None
+            } else if text.len() > MAX_METADATA_BYTES {
                 f.0.push(FieldProblem { field: "metadata".into(), message: "must be at most 4 KiB".into() });
                 None
             } else {
@@ -385,4 +388,15 @@ pub fn validate(body: &[u8]) -> Result<cls_contracts::internal::ValidateKey, Inv
             instance_id: instance?,
         })
     })
+}
+
+/// Whether any key or string in the value holds U+0000, which Postgres text and jsonb cannot
+/// store.
+fn has_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(has_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
 }

@@ -166,7 +166,6 @@ async fn command(
     request_id: &str,
     build: impl FnOnce(&[u8]) -> Result<(Command, Option<Principal>), Invalid>,
 ) -> Response<Body> {
-    let deadline = tokio::time::Instant::now() + state.settings.reply_timeout;
     let idempotency_key = match req.headers().get("idempotency-key") {
         None => None,
         Some(v) => match v.to_str() {
@@ -205,6 +204,8 @@ async fn command(
         Some(key) => Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, format!("{scope}\n{method}\n{path}\n{key}").as_bytes()),
         None => Uuid::now_v7(),
     };
+    // The reply timeout counts from a fully read request, so a slow upload cannot eat it.
+    let deadline = tokio::time::Instant::now() + state.settings.reply_timeout;
     let routing_key = command.routing_key();
     let mut hasher = Sha256::new();
     hasher.update(format!("{method}\n{path}\n").as_bytes());
@@ -376,9 +377,16 @@ enum BodyError {
     Unreadable,
 }
 
-/// Reads the body up to the limit; past it, reads and discards the rest (bounded) so the
-/// client gets to read the 413.
-async fn read_body(mut body: Incoming) -> Result<Bytes, BodyError> {
+/// How long a client may take to send its whole body.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads the body (within [`BODY_READ_TIMEOUT`]) up to the limit; past it, reads and discards
+/// the rest (bounded) so the client gets to read the 413.
+async fn read_body(body: Incoming) -> Result<Bytes, BodyError> {
+    tokio::time::timeout(BODY_READ_TIMEOUT, read_body_unbounded(body)).await.unwrap_or(Err(BodyError::Unreadable))
+}
+
+async fn read_body_unbounded(mut body: Incoming) -> Result<Bytes, BodyError> {
     let mut buf = BytesMut::new();
     let mut too_large = false;
     let mut drained = 0usize;

@@ -151,7 +151,9 @@ async fn choose_key(
         KeyChoice::Existing { license_key_id } => {
             let not_found = || HandleError::rejected(ProblemCode::LicenseKeyNotFound, "No license key with this id.");
             let id: Uuid = license_key_id.parse().map_err(|_| not_found())?;
-            let key = licenses::find_key(conn, brand_id, id).await?.ok_or_else(not_found)?;
+            // Locked, so a concurrent transfer cannot move the key to another email between
+            // the email check and the new licenses.
+            let key = licenses::lock_key(conn, brand_id, id).await?.ok_or_else(not_found)?;
             Ok((key, None))
         }
         KeyChoice::Import { key } => {

@@ -63,12 +63,15 @@ impl RpcClient {
         let properties = properties.with_reply_to(REPLY_TO.into()).with_correlation_id(correlation.clone().into());
         let channel = self.usable_channel().await?;
         let options = BasicPublishOptions { mandatory: true, ..Default::default() };
-        let confirm = async {
-            let pending = channel.basic_publish(exchange.into(), routing_key.into(), options, payload, properties).await?;
-            pending.await
+        // Once basic_publish returns, the frames are queued and may reach the broker whatever
+        // happens next: from here on the command is "in flight", never "not queued". An error
+        // before that point (or a nack / return) is the only case where it certainly was not.
+        let pending = channel.basic_publish(exchange.into(), routing_key.into(), options, payload, properties).await?;
+        let confirmation = match tokio::time::timeout_at(deadline, pending).await {
+            Ok(confirmation) => confirmation?,
+            // No confirm yet: it may still be routed and run, so the caller must answer 202.
+            Err(_) => return Ok(RpcOutcome::TimedOut),
         };
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        let confirmation = tokio::time::timeout_at(deadline, confirm).await.map_err(|_| PublishError::Timeout(timeout))??;
         check(confirmation, routing_key)?;
 
         match tokio::time::timeout_at(deadline, rx).await {

@@ -131,7 +131,7 @@ pub async fn revoke_api_key(
     now: DateTime<Utc>,
 ) -> Result<Option<(ApiKeyRecord, bool)>, StoreError> {
     let revoked = sqlx::query_as::<_, ApiKeyRecord>(
-        "UPDATE api_keys SET revoked_at = $2, version = version + 1
+        "UPDATE api_keys SET revoked_at = GREATEST(created_at, $2), version = version + 1
          WHERE id = $1 AND revoked_at IS NULL
          RETURNING id, brand_id, name, display_prefix, scopes, created_at, revoked_at, version",
     )

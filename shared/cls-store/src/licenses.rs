@@ -308,7 +308,8 @@ pub async fn update_license(
     now: DateTime<Utc>,
 ) -> Result<i64, StoreError> {
     Ok(sqlx::query_scalar(
-        "UPDATE licenses SET status = $2, expires_at = $3, seat_limit = $4, updated_at = $5, version = version + 1
+        // GREATEST: a replica whose clock lags must not move updated_at before created_at.
+        "UPDATE licenses SET status = $2, expires_at = $3, seat_limit = $4, updated_at = GREATEST(updated_at, $5), version = version + 1
          WHERE id = $1 RETURNING version",
     )
     .bind(id)
@@ -349,7 +350,7 @@ pub async fn rotate_key(
     now: DateTime<Utc>,
 ) -> Result<LicenseKeyRecord, WriteError<KeyTaken>> {
     sqlx::query_as::<_, LicenseKeyRecord>(sqlx::AssertSqlSafe(format!(
-        "UPDATE license_keys SET key_hash = $2, key_hint = $3, imported = false, updated_at = $4, version = version + 1
+        "UPDATE license_keys SET key_hash = $2, key_hint = $3, imported = false, updated_at = GREATEST(updated_at, $4), version = version + 1
          WHERE id = $1 RETURNING {KEY_COLUMNS}"
     )))
     .bind(id)
@@ -367,7 +368,7 @@ pub async fn rotate_key(
 /// Moves a key to another customer email.
 pub async fn transfer_key(conn: &mut PgConnection, id: Uuid, email: &Email, now: DateTime<Utc>) -> Result<LicenseKeyRecord, StoreError> {
     Ok(sqlx::query_as::<_, LicenseKeyRecord>(sqlx::AssertSqlSafe(format!(
-        "UPDATE license_keys SET customer_email = $2, updated_at = $3, version = version + 1 WHERE id = $1 RETURNING {KEY_COLUMNS}"
+        "UPDATE license_keys SET customer_email = $2, updated_at = GREATEST(updated_at, $3), version = version + 1 WHERE id = $1 RETURNING {KEY_COLUMNS}"
     )))
     .bind(id)
     .bind(email.as_str())
@@ -385,7 +386,7 @@ pub async fn try_sweep_lock(conn: &mut PgConnection) -> Result<bool, StoreError>
 /// new state (version bumped).
 pub async fn expire_due(conn: &mut PgConnection, now: DateTime<Utc>, limit: i64) -> Result<Vec<LicenseView>, StoreError> {
     let ids: Vec<Uuid> = sqlx::query_scalar(
-        "UPDATE licenses SET status = 'expired', updated_at = $1, version = version + 1
+        "UPDATE licenses SET status = 'expired', updated_at = GREATEST(updated_at, $1), version = version + 1
          WHERE id IN (SELECT id FROM licenses WHERE status = 'valid' AND expires_at <= $1
                       ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)
          RETURNING id",

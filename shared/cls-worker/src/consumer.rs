@@ -31,6 +31,7 @@ use prometheus_client::metrics::family::Family;
 use sqlx::Acquire;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::command::{Audit, CommandContext, Dispatch, HandleError, Handled, NewEvent};
@@ -281,24 +282,28 @@ impl CommandConsumer {
             return (Settle::Reject, None);
         };
         let span = tracing::info_span!("command", %command_id, command_type, request_id = %envelope.request_id);
-        let _entered = span.enter();
-        if envelope.schema_version != COMMAND_SCHEMA_VERSION || envelope.command.module() != self.module {
-            let why = format!("schema version {} / module {:?} not handled here", envelope.schema_version, envelope.command.module());
-            return self.dead_letter(command_id, &envelope, &why).await;
-        }
+        // Instrumented, not entered: the span must follow this future across awaits and threads.
+        async {
+            if envelope.schema_version != COMMAND_SCHEMA_VERSION || envelope.command.module() != self.module {
+                let why = format!("schema version {} / module {:?} not handled here", envelope.schema_version, envelope.command.module());
+                return self.dead_letter(command_id, &envelope, &why).await;
+            }
 
-        match with_retries(shutdown, || self.transact(command_id, &envelope)).await {
-            Ok(reply) => {
-                self.count(command_type, if reply.replayed { "replayed" } else { "handled" });
-                (Settle::Ack, Some(reply))
+            match with_retries(shutdown, || self.transact(command_id, &envelope)).await {
+                Ok(reply) => {
+                    self.count(command_type, if reply.replayed { "replayed" } else { "handled" });
+                    (Settle::Ack, Some(reply))
+                }
+                Err(GaveUp::Transient) => {
+                    self.count(command_type, "requeued");
+                    (Settle::Requeue, None)
+                }
+                Err(GaveUp::Failed(HandleError::Fatal(error))) => self.dead_letter(command_id, &envelope, &format!("{error:#}")).await,
+                Err(GaveUp::Failed(other)) => unreachable!("rejections are stored outcomes, not errors: {other:?}"),
             }
-            Err(GaveUp::Transient) => {
-                self.count(command_type, "requeued");
-                (Settle::Requeue, None)
-            }
-            Err(GaveUp::Failed(HandleError::Fatal(error))) => self.dead_letter(command_id, &envelope, &format!("{error:#}")).await,
-            Err(GaveUp::Failed(other)) => unreachable!("rejections are stored outcomes, not errors: {other:?}"),
         }
+        .instrument(span)
+        .await
     }
 
     /// Records the failed operation, answers 500 so the caller is not left waiting, and

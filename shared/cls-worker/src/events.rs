@@ -29,6 +29,7 @@ use prometheus_client::metrics::family::Family;
 use sqlx::PgConnection;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::command::{Audit, HandleError, NewEvent};
@@ -135,32 +136,36 @@ impl EventConsumer {
             return Settle::Reject;
         };
         let span = tracing::info_span!("event", %event_id, event_type, correlation_id = envelope.correlation_id.as_deref().unwrap_or(""));
-        let _entered = span.enter();
-        if envelope.schema_version != EVENT_SCHEMA_VERSION {
-            tracing::error!(schema_version = envelope.schema_version, "dead-lettering an event of an unknown schema version");
-            self.count(event_type, "dead_lettered");
-            return Settle::Reject;
-        }
-        let context = EventContext { event_id, envelope, now: Utc::now() };
-        match with_retries(shutdown, || self.transact(&context)).await {
-            Ok(true) => {
-                self.count(event_type, "handled");
-                Settle::Ack
-            }
-            Ok(false) => {
-                self.count(event_type, "duplicate");
-                Settle::Ack
-            }
-            Err(GaveUp::Transient) => {
-                self.count(event_type, "requeued");
-                Settle::Requeue
-            }
-            Err(GaveUp::Failed(error)) => {
-                tracing::error!(failure = format!("{:#}", anyhow::Error::from(error)), "dead-lettering the event");
+        // Instrumented, not entered: the span must follow this future across awaits and threads.
+        async {
+            if envelope.schema_version != EVENT_SCHEMA_VERSION {
+                tracing::error!(schema_version = envelope.schema_version, "dead-lettering an event of an unknown schema version");
                 self.count(event_type, "dead_lettered");
-                Settle::Reject
+                return Settle::Reject;
+            }
+            let context = EventContext { event_id, envelope, now: Utc::now() };
+            match with_retries(shutdown, || self.transact(&context)).await {
+                Ok(true) => {
+                    self.count(event_type, "handled");
+                    Settle::Ack
+                }
+                Ok(false) => {
+                    self.count(event_type, "duplicate");
+                    Settle::Ack
+                }
+                Err(GaveUp::Transient) => {
+                    self.count(event_type, "requeued");
+                    Settle::Requeue
+                }
+                Err(GaveUp::Failed(error)) => {
+                    tracing::error!(failure = format!("{:#}", anyhow::Error::from(error)), "dead-lettering the event");
+                    self.count(event_type, "dead_lettered");
+                    Settle::Reject
+                }
             }
         }
+        .instrument(span)
+        .await
     }
 
     /// One attempt: the whole reaction in one transaction. Returns false for an event handled

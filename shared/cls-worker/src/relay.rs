@@ -107,11 +107,14 @@ impl Relay {
                 .await;
             confirms.push((row.id, confirm));
         }
+        // One deadline for the whole batch, well inside idle_in_transaction_session_timeout, so a
+        // stalled broker cannot keep this transaction (and its row locks) open.
+        let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
         let mut published = Vec::new();
         let mut failed = Vec::new();
         for (id, confirm) in confirms {
             let ok = match confirm {
-                Ok(pending) => matches!(tokio::time::timeout(CONFIRM_TIMEOUT, pending).await, Ok(Ok(c)) if c.is_ack()),
+                Ok(pending) => matches!(tokio::time::timeout_at(deadline, pending).await, Ok(Ok(c)) if c.is_ack()),
                 Err(_) => false,
             };
             if ok { published.push(id) } else { failed.push(id) }
