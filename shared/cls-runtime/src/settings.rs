@@ -122,7 +122,9 @@ impl Settings {
             internal_token,
             reply_timeout: Duration::from_millis(5000),
             shutdown_timeout: Duration::from_secs(10),
-            db_pool_size: 8,
+            // Above the default concurrency (16 commands + 16 events) minus what waits on locks,
+            // plus the relay's LISTEN connection.
+            db_pool_size: 20,
             worker_concurrency: 16,
             log_format: LogFormat::Text,
             sweep_interval: Duration::from_secs(60),
