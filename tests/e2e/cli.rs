@@ -37,8 +37,9 @@ fn children(pid: u32) -> Vec<(u32, String)> {
         .collect()
 }
 
-/// Stops `cls up` with SIGTERM if the test ends early, so its children are not orphaned.
-struct StopOnDrop(u32);
+/// If the test ends early: stops `cls up` with SIGTERM (so its children are not orphaned) and
+/// removes the run's database and namespace.
+struct StopOnDrop(u32, Settings);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
@@ -48,6 +49,13 @@ impl Drop for StopOnDrop {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+        let settings = self.1.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                rt.block_on(cls_tests::cleanup(&settings, &[]));
+            }
+        })
+        .join();
     }
 }
 
@@ -78,7 +86,10 @@ async fn cls_up_brand_create_and_a_product() {
         .spawn()
         .expect("cls up starts (run `cargo build --bins` first)");
     let pid = up.id().unwrap();
-    let guard = StopOnDrop(pid);
+    let mut settings = Settings::local(ServiceKind::Gateway, Secret::new("unused-secret-key-000"), Secret::new("unused-internal-token"));
+    settings.database_url = database_url;
+    settings.namespace = namespace;
+    let guard = StopOnDrop(pid, settings.clone());
 
     let http = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
     let get = |path: String| {
@@ -134,10 +145,6 @@ async fn cls_up_brand_create_and_a_product() {
     let exit = tokio::time::timeout(Duration::from_secs(15), up.wait()).await.expect("cls up stopped within the bound").unwrap();
     assert!(exit.success(), "cls up exit: {exit:?}");
     std::mem::forget(guard);
-
-    let mut settings = Settings::local(ServiceKind::Gateway, Secret::new("unused-secret-key-000"), Secret::new("unused-internal-token"));
-    settings.database_url = database_url;
-    settings.namespace = namespace;
     cls_tests::cleanup(&settings, &[]).await;
 }
 
