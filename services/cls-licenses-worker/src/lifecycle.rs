@@ -159,7 +159,7 @@ pub async fn change_seats(conn: &mut PgConnection, ctx: &CommandContext, c: &Cha
     if let Some(limit) = c.seat_limit {
         // Counted after the lock, in its own statement: a concurrent activation either
         // committed before (counted) or waits for this transaction.
-        let in_use = licenses::count_active_activations(conn, row.id).await?;
+        let in_use = cls_store::activations::active_count(conn, row.id).await?;
         if in_use > i64::from(limit) {
             return Err(HandleError::rejected(ProblemCode::SeatsInUse, format!("{in_use} seats are in use; deactivate some before lowering the limit to {limit}.")));
         }

@@ -321,15 +321,6 @@ pub async fn update_license(
     .await?)
 }
 
-/// Active activations of a license. Run it after locking the license row, as its own statement,
-/// so it sees every activation committed before the lock was granted.
-pub async fn count_active_activations(conn: &mut PgConnection, license_id: Uuid) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar("SELECT count(*) FROM activations WHERE license_id = $1 AND deactivated_at IS NULL")
-        .bind(license_id)
-        .fetch_one(conn)
-        .await?)
-}
-
 /// Locks one of the brand's keys for this transaction.
 pub async fn lock_key(conn: &mut PgConnection, brand_id: Uuid, id: Uuid) -> Result<Option<LicenseKeyRecord>, StoreError> {
     Ok(sqlx::query_as::<_, LicenseKeyRecord>(sqlx::AssertSqlSafe(format!(
