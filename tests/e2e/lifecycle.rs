@@ -188,7 +188,7 @@ async fn the_sweeper_expires_each_due_license_once_with_two_replicas() {
     })
     .await;
     // Several more sweeps from both replicas find nothing new to emit.
-    let sweeps = cls_licenses_worker::sweeper::sweep_once(&c.pool).await.unwrap();
+    let sweeps = cls_licenses_worker::sweeper::sweep_once(&c.pool, None).await.unwrap();
     assert_eq!(sweeps, 0);
     let per_license: Vec<(uuid::Uuid, i64)> =
         sqlx::query_as("SELECT aggregate_id, count(*) FROM outbox WHERE event_type = 'license.expired' GROUP BY aggregate_id")

@@ -95,7 +95,7 @@ async fn inbox_outbox_and_audit() {
     let id = Uuid::now_v7();
     let cmd = NewCommand { command_id: id, module: "brands", command_type: "brands.x", principal: "admin", request_hash: "h1", request_id: "r", received_at: Utc::now() };
     assert!(matches!(inbox::claim(&mut conn, &cmd).await.unwrap(), Claim::Claimed));
-    inbox::complete(&mut conn, id, 201, b"{}", false, Utc::now()).await.unwrap();
+    inbox::complete(&mut conn, id, &inbox::Outcome { status: 201, body: b"{}", sealed: false, read_model_targets: &[] }, Utc::now()).await.unwrap();
     match inbox::claim(&mut conn, &cmd).await.unwrap() {
         Claim::Existing(stored) => {
             assert!(stored.succeeded());
@@ -166,7 +166,7 @@ async fn retention_purges_old_outcomes_and_published_events_only() {
     for (id, at) in [(old_id, old), (new_id, Utc::now())] {
         let cmd = NewCommand { command_id: id, module: "brands", command_type: "brands.x", principal: "admin", request_hash: "h", request_id: "r", received_at: at };
         inbox::claim(&mut conn, &cmd).await.unwrap();
-        inbox::complete(&mut conn, id, 201, b"{}", false, at).await.unwrap();
+        inbox::complete(&mut conn, id, &inbox::Outcome { status: 201, body: b"{}", sealed: false, read_model_targets: &[] }, at).await.unwrap();
     }
     let (outcomes, _) = cls_worker::retention::purge_once(&db.pool).await.unwrap();
     assert_eq!(outcomes, 1);

@@ -14,7 +14,7 @@ use cls_contracts::{Problem, ProblemCode, format_time, http};
 use cls_domain::{InstanceId, LicenseStatus};
 use cls_store::activations::{self, NewActivation, SeatLicense};
 use cls_store::{PgConnection, WriteError};
-use cls_worker::{CommandContext, HandleError, Handled, NewEvent};
+use cls_worker::{CommandContext, HandleError, Handled, NewEvent, Touched};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -89,6 +89,7 @@ fn answer(status_code: u16, license: &SeatLicense, status: LicenseStatus, a: &ac
         secret: false,
         events: Vec::new(),
         audit: Vec::new(),
+        touched: vec![Touched::License(license.id)],
     }
 }
 
@@ -122,5 +123,6 @@ fn refused(
         secret: false,
         events: vec![event],
         audit: Vec::new(),
+        touched: Vec::new(),
     }
 }

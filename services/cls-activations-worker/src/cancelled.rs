@@ -12,7 +12,7 @@ use cls_contracts::event::LicenseState;
 use cls_domain::LicenseStatus;
 use cls_store::PgConnection;
 use cls_store::activations::{self, DeactivatedBy};
-use cls_worker::{EventContext, HandleError, Reaction};
+use cls_worker::{EventContext, HandleError, Reaction, Touched};
 use uuid::Uuid;
 
 use crate::seats;
@@ -43,7 +43,7 @@ async fn release_seats(conn: &mut PgConnection, ctx: &EventContext, state: &Lice
         return Err(HandleError::Fatal(anyhow::anyhow!("license.cancelled for a license whose status is {}", license.status)));
     }
     let released = activations::deactivate_all(conn, license.id, DeactivatedBy::LicenseCancelled, ctx.now).await?;
-    let mut reaction = Reaction::default();
+    let mut reaction = Reaction { touched: vec![Touched::License(license.id)], ..Reaction::default() };
     if released.is_empty() {
         return Ok(reaction);
     }

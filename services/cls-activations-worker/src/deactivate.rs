@@ -6,7 +6,7 @@ use cls_contracts::{ProblemCode, http};
 use cls_domain::InstanceId;
 use cls_store::PgConnection;
 use cls_store::activations::{self, DeactivatedBy};
-use cls_worker::{CommandContext, HandleError, Handled};
+use cls_worker::{CommandContext, HandleError, Handled, Touched};
 
 use crate::seats;
 
@@ -29,6 +29,7 @@ pub async fn deactivate(conn: &mut PgConnection, ctx: &CommandContext, c: &Deact
         secret: false,
         events: Vec::new(),
         audit: Vec::new(),
+        touched: vec![Touched::License(license.id)],
     };
     if let Some(freed) = &freed {
         let version = activations::bump_license_version(conn, license.id, 1, ctx.now).await?;

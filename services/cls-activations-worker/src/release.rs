@@ -5,7 +5,7 @@ use cls_contracts::ProblemCode;
 use cls_contracts::command::Release;
 use cls_store::PgConnection;
 use cls_store::activations::{self, DeactivatedBy};
-use cls_worker::{CommandContext, HandleError, Handled};
+use cls_worker::{CommandContext, HandleError, Handled, Touched};
 use uuid::Uuid;
 
 use crate::seats;
@@ -23,7 +23,14 @@ pub async fn release(conn: &mut PgConnection, ctx: &CommandContext, c: &Release)
 
     // License first, then the activation: the lock order of every seat change.
     let license = seats::lock(conn, found.license_id).await?;
-    let mut handled = Handled { status: 204, body: serde_json::Value::Null, secret: false, events: Vec::new(), audit: Vec::new() };
+    let mut handled = Handled {
+        status: 204,
+        body: serde_json::Value::Null,
+        secret: false,
+        events: Vec::new(),
+        audit: Vec::new(),
+        touched: vec![Touched::License(license.id)],
+    };
     if let Some(freed) = activations::deactivate(conn, activation_id, DeactivatedBy::Brand, ctx.now).await? {
         let used = seats::seats_used(&license, activations::active_count(conn, license.id).await?);
         let version = activations::bump_license_version(conn, license.id, 1, ctx.now).await?;

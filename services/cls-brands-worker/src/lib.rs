@@ -8,7 +8,7 @@ use cls_domain::{ApiKeyName, ApiKeySecret, BrandName, BrandSlug, KeyPrefix, Prod
 use cls_runtime::{CancellationToken, ServiceKind, Settings};
 use cls_store::brands::{self, BrandConflict, NewApiKey, NewBrand, NewProduct};
 use cls_store::{PgConnection, WriteError};
-use cls_worker::{Audit, CommandContext, HandleError, Handled, NewEvent, Worker};
+use cls_worker::{Audit, CommandContext, HandleError, Handled, NewEvent, Touched, Worker};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -78,6 +78,7 @@ async fn create_brand(conn: &mut PgConnection, ctx: &CommandContext, c: &CreateB
             }),
         }],
         audit: vec![audit(Some(brand.id), "brand.created", "brand", brand.id)],
+        touched: vec![],
     })
 }
 
@@ -129,6 +130,7 @@ async fn create_api_key(conn: &mut PgConnection, ctx: &CommandContext, c: &Creat
             }),
         }],
         audit: vec![audit(Some(brand), "api_key.created", "api_key", key.id)],
+        touched: vec![Touched::ApiKey(key.id)],
     })
 }
 
@@ -137,7 +139,15 @@ async fn revoke_api_key(conn: &mut PgConnection, ctx: &CommandContext, c: &Revok
     let not_found = || HandleError::rejected(ProblemCode::NotFound, "No API key with this id.");
     let id = parse_id(&c.api_key_id).ok_or_else(not_found)?;
     let (key, changed) = brands::revoke_api_key(conn, id, ctx.now).await?.ok_or_else(not_found)?;
-    let no_content = |events, audit| Handled { status: 204, body: serde_json::Value::Null, secret: false, events, audit };
+    // Touched even when already revoked: the answer promises the key is refused from now on.
+    let no_content = |events, audit| Handled {
+        status: 204,
+        body: serde_json::Value::Null,
+        secret: false,
+        events,
+        audit,
+        touched: vec![Touched::ApiKey(key.id)],
+    };
     if !changed {
         // Revoking twice is a no-op that answers the same.
         return Ok(no_content(vec![], vec![]));
@@ -200,6 +210,7 @@ async fn create_product(conn: &mut PgConnection, ctx: &CommandContext, c: &Creat
             }),
         }],
         audit: vec![audit(Some(brand), "product.created", "product", product.id)],
+        touched: vec![],
     })
 }
 

@@ -230,6 +230,9 @@ async fn command(
         .await;
     match outcome {
         Ok(RpcOutcome::Replied(bytes)) => match cls_contracts::decode::<Reply>(&bytes) {
+            // Committed, but the worker could not make it visible to reads yet (read-your-writes):
+            // the operation reads `succeeded` once it is.
+            Ok(reply) if reply.status == 202 => accepted_response(command_id),
             Ok(reply) => reply_response(reply),
             Err(error) => {
                 tracing::error!(%error, "undecodable reply");
@@ -251,6 +254,10 @@ async fn accepted(state: &State, command_id: Uuid, scope: &str, request_id: &str
     if state.query.send(Method::PUT, &path, None, request_id, Some(registration)).await.is_err() {
         tracing::warn!(%command_id, "could not register the pending operation");
     }
+    accepted_response(command_id)
+}
+
+fn accepted_response(command_id: Uuid) -> Response<Body> {
     let body = serde_json::to_vec(&Accepted { operation_id: command_id.to_string() }).expect("serializable");
     let mut r = cls_runtime::http::json(StatusCode::ACCEPTED, body);
     r.headers_mut()

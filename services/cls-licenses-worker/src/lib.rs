@@ -34,7 +34,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<LicensesWorker> {
 
 /// Runs a built worker and its sweeper until `shutdown`.
 pub async fn run(w: LicensesWorker, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let sweeper = tokio::spawn(sweeper::run(w.sweeper_pool.clone(), w.sweep_interval, shutdown.clone()));
+    let sweeper = tokio::spawn(sweeper::run(w.sweeper_pool.clone(), w.worker.read_model(), w.sweep_interval, shutdown.clone()));
     let result = w.worker.run_until_stopped(shutdown).await;
     let _ = sweeper.await;
     w.sweeper_pool.close().await;

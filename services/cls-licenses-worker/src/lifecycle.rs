@@ -10,7 +10,7 @@ use cls_contracts::{ProblemCode, format_time, http};
 use cls_domain::{Email, KeyPrefix, LicenseKey, LicenseStatus};
 use cls_store::licenses::{self, LicenseKeyRecord, LicenseRow};
 use cls_store::{PgConnection, WriteError, brands, views};
-use cls_worker::{Audit, CommandContext, HandleError, Handled, NewEvent};
+use cls_worker::{Audit, CommandContext, HandleError, Handled, NewEvent, Touched};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -75,13 +75,22 @@ async fn apply(conn: &mut PgConnection, ctx: &CommandContext, row: &LicenseRow, 
             status_after: Some(change.status.effective(change.expires_at, ctx.now).as_str().to_owned()),
             reason: change.reason,
         }],
+        touched: vec![Touched::License(row.id)],
     })
 }
 
 /// A no-op cell of the table: 200 with the license as it is, nothing written.
 async fn unchanged(conn: &mut PgConnection, ctx: &CommandContext, row: &LicenseRow) -> Result<Handled, HandleError> {
     let view = current(conn, row.id).await?;
-    Ok(Handled { status: 200, body: json!(views::license(&view, ctx.now)), secret: false, events: vec![], audit: vec![] })
+    // Nothing changed, but the answer still promises reads show this state.
+    Ok(Handled {
+        status: 200,
+        body: json!(views::license(&view, ctx.now)),
+        secret: false,
+        events: vec![],
+        audit: vec![],
+        touched: vec![Touched::License(row.id)],
+    })
 }
 
 async fn current(conn: &mut PgConnection, id: Uuid) -> Result<licenses::LicenseView, HandleError> {
@@ -209,6 +218,7 @@ pub async fn rotate_key(conn: &mut PgConnection, ctx: &CommandContext, c: &Rotat
         secret: true,
         events: vec![NewEvent { brand_id: Some(after.brand_id), aggregate_id: after.id, aggregate_version: after.version, event: Event::LicenseKeyRotated(key_event(&after, &before, true)) }],
         audit: vec![key_audit(&after, "license_key.rotated")],
+        touched: vec![Touched::LicenseKey(after.id)],
     })
 }
 
@@ -217,7 +227,7 @@ pub async fn transfer_key(conn: &mut PgConnection, ctx: &CommandContext, c: &Tra
     let before = locked_key(conn, ctx, &c.brand_id, &c.license_key_id).await?;
     let body = |k: &LicenseKeyRecord| json!(http::TransferredKey { id: k.id.to_string(), key_hint: k.key_hint.clone(), customer_email: k.customer_email.clone() });
     if before.customer_email == email.as_str() {
-        return Ok(Handled { status: 200, body: body(&before), secret: false, events: vec![], audit: vec![] });
+        return Ok(Handled { status: 200, body: body(&before), secret: false, events: vec![], audit: vec![], touched: vec![] });
     }
     let after = licenses::transfer_key(conn, before.id, &email, ctx.now).await?;
     Ok(Handled {
@@ -226,5 +236,6 @@ pub async fn transfer_key(conn: &mut PgConnection, ctx: &CommandContext, c: &Tra
         secret: false,
         events: vec![NewEvent { brand_id: Some(after.brand_id), aggregate_id: after.id, aggregate_version: after.version, event: Event::LicenseKeyTransferred(key_event(&after, &before, false)) }],
         audit: vec![key_audit(&after, "license_key.transferred")],
+        touched: vec![Touched::LicenseKey(after.id)],
     })
 }

@@ -14,7 +14,7 @@ use cls_domain::{Email, KeyPrefix, LicenseKey, LicenseStatus};
 use cls_store::brands::{self, ProductRecord};
 use cls_store::licenses::{self, LicenseKeyRecord, NewLicense, NewLicenseKey};
 use cls_store::{PgConnection, WriteError, views};
-use cls_worker::{Audit, CommandContext, HandleError, Handled, NewEvent};
+use cls_worker::{Audit, CommandContext, HandleError, Handled, NewEvent, Touched};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -125,7 +125,7 @@ pub async fn provision(conn: &mut PgConnection, ctx: &CommandContext, c: &Provis
         },
         licenses: views.iter().map(|v| views::license(v, ctx.now)).collect(),
     };
-    Ok(Handled { status: 201, body: json!(body), secret: secret.is_some(), events, audit })
+    Ok(Handled { status: 201, body: json!(body), secret: secret.is_some(), events, audit, touched: vec![Touched::LicenseKey(key.id)] })
 }
 
 /// The brand's products for the requested codes; any unknown code is a 404.

@@ -5,11 +5,14 @@
 //! treat such licenses as expired before the sweep (effective status); the sweep makes the
 //! stored status and the event stream catch up.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use cls_contracts::event::{self, Event};
 use cls_contracts::format_time;
+use cls_contracts::read_model::Target;
+use cls_readmodel::ReadModel;
 use cls_store::{PgPool, licenses};
 use cls_worker::{Audit, Cause, HandleError, NewEvent, append_effects};
 use tokio_util::sync::CancellationToken;
@@ -19,14 +22,14 @@ const BATCH: i64 = 500;
 /// The audit actor of the sweeper's changes.
 pub const ACTOR: &str = "expiry-sweeper";
 
-pub async fn run(pool: PgPool, every: Duration, shutdown: CancellationToken) {
+pub async fn run(pool: PgPool, read_model: Arc<ReadModel>, every: Duration, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
         loop {
-            match sweep_once(&pool).await {
+            match sweep_once(&pool, Some(&read_model)).await {
                 Ok(n) if n == BATCH as usize => continue,
                 Ok(_) => break,
                 Err(error) => {
@@ -38,8 +41,10 @@ pub async fn run(pool: PgPool, every: Duration, shutdown: CancellationToken) {
     }
 }
 
-/// One sweep: returns how many licenses it expired (0 if another replica is sweeping).
-pub async fn sweep_once(pool: &PgPool) -> Result<usize, HandleError> {
+/// One sweep: returns how many licenses it expired (0 if another replica is sweeping). With a
+/// read model, the expired licenses' documents are brought up to date after the commit (reads
+/// already show them expired by date; this keeps the stored status in step).
+pub async fn sweep_once(pool: &PgPool, read_model: Option<&ReadModel>) -> Result<usize, HandleError> {
     let now = Utc::now();
     let mut tx = pool.begin().await?;
     if !licenses::try_sweep_lock(&mut tx).await? {
@@ -74,7 +79,16 @@ pub async fn sweep_once(pool: &PgPool) -> Result<usize, HandleError> {
     }
     let cause = Cause { actor_kind: "system", actor_id: Some(ACTOR.to_owned()), correlation_id: None, command_id: None, causation_id: None, now };
     append_effects(&mut tx, &cause, events, audit).await?;
+    let ids: Vec<_> = expired.iter().map(|v| v.id).collect();
+    let targets: Vec<Target> = cls_store::read_model::bump_keys_of_licenses(&mut tx, &ids)
+        .await?
+        .into_iter()
+        .map(|(id, version)| Target::LicenseKey { id, version })
+        .collect();
     tx.commit().await?;
+    if let Some(read_model) = read_model {
+        cls_worker::visibility::make_visible(read_model, pool, &targets).await;
+    }
     if !expired.is_empty() {
         tracing::info!(count = expired.len(), "licenses expired");
     }

@@ -1,33 +1,40 @@
 //! The query service (SPEC §4): serves every read on an internal address, for the gateway only
 //! (it requires the internal credential and trusts the principal the gateway resolved).
 //!
-//! Listings, lookups and operations read Postgres; hot reads (API-key resolution now; validation
-//! and licenses by id later) go through [`hot`], the seam where the Redis read model plugs in.
-//! Pending operations (answered 202 by the gateway) are remembered in Redis.
+//! Hot reads (validation, a license by id, API-key resolution) come from the Redis read model
+//! ([`hot`]), kept current by the [`projector`] and by the workers' read-your-writes; listings,
+//! lookups, history and operations read Postgres. Pending operations (answered 202 by the
+//! gateway) are remembered in Redis.
 
 mod hot;
 mod operations;
+mod projector;
 mod routes;
 mod validate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use cls_bus::Topology;
+use cls_readmodel::ReadModel;
 use cls_runtime::ops::{Ops, probe};
 use cls_runtime::secret::SecretBox;
 use cls_runtime::{CancellationToken, ServiceKind, Settings};
 use cls_store::PgPool;
-use fred::prelude::*;
-use fred::types::config::UnresponsiveConfig;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+
+pub use cls_readmodel::connect_redis;
 
 /// Shared state of the request handlers.
 pub(crate) struct State {
     pub settings: Settings,
     pub pool: PgPool,
-    pub redis: fred::clients::Client,
+    pub read_model: Arc<ReadModel>,
+    pub hot: hot::Hot,
     pub secrets: SecretBox,
 }
 
@@ -36,16 +43,35 @@ pub struct App {
     state: Arc<State>,
     listener: TcpListener,
     ops_listener: TcpListener,
+    amqp: Arc<lapin::Connection>,
+    topology: Topology,
+    registry: Registry,
+    projected: Family<Vec<(String, String)>, Counter>,
 }
 
 impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
         let pool = cls_store::pool::connect_now(&settings.database_url, settings.db_pool_size, ServiceKind::Query.name()).await?;
-        let redis = connect_redis(&settings.redis_url).await?;
+        let read_model = Arc::new(ReadModel::connect(&settings.redis_url, &settings.namespace).await?);
+        // The projector's queue is declared here, with its consumer (see cls_bus::topology).
+        let amqp = Arc::new(cls_bus::connect(&settings.amqp_url, ServiceKind::Query.name()).await?);
+        let topology = Topology::new(settings.namespace.clone());
+        let channel = amqp.create_channel().await?;
+        topology.declare(&channel).await?;
+        topology.declare_projector_queue(&channel).await?;
+        let _ = channel.close(200, "declared".into()).await;
         let listener = cls_runtime::http::bind(settings.query_addr).await?;
         let ops_listener = cls_runtime::http::bind(settings.ops_addr).await?;
         let secrets = SecretBox::new(&settings.secret_key);
-        Ok(App { state: Arc::new(State { settings, pool, redis, secrets }), listener, ops_listener })
+
+        let mut registry = Registry::with_prefix("cls");
+        let metrics = hot::HotMetrics::default();
+        metrics.register(&mut registry);
+        let projected = Family::<Vec<(String, String)>, Counter>::default();
+        registry.register("projector_events", "Events the projector handled, by event type and outcome", projected.clone());
+        let hot = hot::Hot::new(read_model.clone(), pool.clone(), settings.read_fallback_limit, metrics);
+        let state = Arc::new(State { settings, pool, read_model, hot, secrets });
+        Ok(App { state, listener, ops_listener, amqp, topology, registry, projected })
     }
 
     /// The internal address actually bound (port 0 in tests).
@@ -58,19 +84,42 @@ impl App {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.addr(), ops = %self.ops_addr(), "query service started");
+        let consuming = Arc::new(AtomicBool::new(false));
+        let projector = Arc::new(projector::Projector {
+            queue: self.topology.projector_queue(),
+            pool: self.state.pool.clone(),
+            read_model: self.state.read_model.clone(),
+            consuming: consuming.clone(),
+            outcomes: self.projected.clone(),
+        });
         let pool = self.state.pool.clone();
-        let redis = self.state.redis.clone();
-        let ops = Ops::new(Arc::new(Registry::with_prefix("cls")))
+        let read_model = self.state.read_model.clone();
+        let amqp = self.amqp.clone();
+        let ops = Ops::new(Arc::new(self.registry))
             .check("db", probe(move || {
                 let pool = pool.clone();
                 async move { cls_store::pool::ping(&pool).await }
             }))
-            .check("cache", probe(move || {
-                let redis = redis.clone();
-                async move { redis_ping(&redis).await }
+            // Without Redis the service still answers (hot reads from PostgreSQL, bounded), so
+            // /ready does not require it; /health/cache says what is going on.
+            .check_degradable("cache", probe(move || {
+                let read_model = read_model.clone();
+                async move {
+                    read_model.ping().await.map_err(|reason| format!("{reason}; hot reads are served from PostgreSQL (bounded)"))
+                }
+            }))
+            .check("broker", probe(move || {
+                let health = cls_bus::connection_health(&amqp);
+                async move { health }
+            }))
+            .ready_when(probe(move || {
+                let ready = if consuming.load(Ordering::Relaxed) { Ok(()) } else { Err("the projector is not consuming yet".to_owned()) };
+                async move { ready }
             }));
-        tracing::info!(addr = %self.addr(), ops = %self.ops_addr(), "query service started");
+        let drain = self.state.settings.shutdown_timeout;
         let ops_task = tokio::spawn(ops.serve(self.ops_listener, shutdown.clone()));
+        let projector_task = tokio::spawn(projector.run(self.amqp.clone(), shutdown.clone(), drain));
         let state = self.state.clone();
         cls_runtime::http::serve(
             self.listener,
@@ -79,33 +128,12 @@ impl App {
             self.state.settings.shutdown_timeout,
         )
         .await;
+        let _ = projector_task.await;
         let _ = ops_task.await;
-        let _ = self.state.redis.quit().await;
+        let _ = self.amqp.close(200, "shutdown".into()).await;
+        self.state.read_model.quit().await;
         self.state.pool.close().await;
         tracing::info!("query service stopped");
         Ok(())
     }
-}
-
-/// A Redis client that reconnects forever, with command timeouts so an outage costs a bounded
-/// wait, and that starts even while Redis is down.
-pub async fn connect_redis(url: &str) -> anyhow::Result<fred::clients::Client> {
-    let config = Config { fail_fast: false, ..Config::from_url(url)? };
-    let client = Builder::from_config(config)
-        .with_connection_config(|c| {
-            c.connection_timeout = Duration::from_secs(2);
-            c.unresponsive = UnresponsiveConfig { max_timeout: Some(Duration::from_secs(3)), interval: Duration::from_secs(1) };
-        })
-        .with_performance_config(|p| p.default_command_timeout = Duration::from_millis(500))
-        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
-        .build()?;
-    // Start connecting; if Redis is down the client keeps trying in the background and the
-    // service still starts (hot reads then fall back to Postgres).
-    client.connect();
-    let _ = tokio::time::timeout(Duration::from_secs(2), client.wait_for_connect()).await;
-    Ok(client)
-}
-
-async fn redis_ping(redis: &fred::clients::Client) -> Result<(), String> {
-    redis.ping::<String>(None).await.map(|_| ()).map_err(|_| "Redis does not answer".to_owned())
 }

@@ -16,6 +16,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use uuid::Uuid;
 
 use crate::State;
+use crate::hot::HotError;
+use cls_contracts::read_model::LicenseDoc;
 use crate::operations::{self, Lookup};
 
 type Reply = Result<Response<Body>, Problem>;
@@ -54,6 +56,10 @@ async fn route(state: &State, req: Request<Incoming>, request_id: &str) -> Reply
         tracing::error!(error = format!("{e:#}"), "read failed");
         Problem::new(ProblemCode::Unavailable, "The database is unavailable; retry shortly.", request_id)
     };
+    let hot_error = |e: HotError| match e {
+        HotError::Store(e) => internal_error(e),
+        HotError::Overloaded => Problem::new(ProblemCode::Unavailable, "Too many reads are waiting; retry shortly.", request_id),
+    };
 
     match (&method, segments.as_slice(), principal) {
         (&Method::POST, ["internal", "api-keys", "resolve"], _) => {
@@ -61,7 +67,7 @@ async fn route(state: &State, req: Request<Incoming>, request_id: &str) -> Reply
             let Ok(hash) = KeyHash::from_hex(&body.key_hash) else {
                 return Err(Problem::new(ProblemCode::NotFound, "Unknown API key.", request_id));
             };
-            match crate::hot::resolve_api_key(&state.pool, &hash).await.map_err(internal_error)? {
+            match state.hot.api_key(&hash).await.map_err(hot_error)? {
                 Some(resolved) => Ok(json(StatusCode::OK, serde_json::to_vec(&resolved).expect("serializable"))),
                 None => Err(Problem::new(ProblemCode::NotFound, "Unknown API key.", request_id)),
             }
@@ -69,14 +75,14 @@ async fn route(state: &State, req: Request<Incoming>, request_id: &str) -> Reply
         (&Method::PUT, ["internal", "operations", id], _) => {
             let id = parse_id(id, ProblemCode::OperationNotFound, request_id)?;
             let body: RegisterOperation = read_json(req, request_id).await?;
-            operations::register_pending(&state.redis, &state.settings.namespace, id, &body.principal)
+            operations::register_pending(state.read_model.client(), &state.settings.namespace, id, &body.principal)
                 .await
                 .map_err(|_| Problem::new(ProblemCode::Unavailable, "Redis is unavailable.", request_id))?;
             Ok(json(StatusCode::NO_CONTENT, Bytes::new()))
         }
         (&Method::GET, ["v1", "operations", id], Some(principal)) => {
             let id = parse_id(id, ProblemCode::OperationNotFound, request_id)?;
-            let found = operations::find(&state.pool, &state.redis, &state.secrets, &state.settings.namespace, id, &principal.scope())
+            let found = operations::find(&state.pool, &state.read_model, &state.secrets, &state.settings.namespace, id, &principal.scope())
                 .await
                 .map_err(internal_error)?;
             match found {
@@ -133,10 +139,14 @@ async fn route(state: &State, req: Request<Incoming>, request_id: &str) -> Reply
         (&Method::GET, ["v1", "licenses", id], Some(Principal::ApiKey { brand_id, .. })) => {
             let brand_id = parse_id(&brand_id, ProblemCode::NotFound, request_id)?;
             let id = parse_id(id, ProblemCode::NotFound, request_id)?;
-            let mut conn = state.pool.acquire().await.map_err(|e| internal_error(e.into()))?;
-            let license = licenses::license(&mut conn, brand_id, id).await.map_err(internal_error)?.ok_or_else(|| license_not_found(request_id))?;
-            let activations = licenses::active_activations(&mut conn, id).await.map_err(internal_error)?;
-            let detail = http::LicenseDetail { license: views::license(&license, Utc::now()), activations: activations.iter().map(views::activation).collect() };
+            // Another brand's license answers exactly like an unknown one.
+            let LicenseDoc::Live(doc) = state.hot.license(id).await.map_err(hot_error)? else {
+                return Err(license_not_found(request_id));
+            };
+            if doc.brand_id != brand_id.to_string() {
+                return Err(license_not_found(request_id));
+            }
+            let detail = http::LicenseDetail { license: effective(doc.license, Utc::now()), activations: doc.activations };
             Ok(json(StatusCode::OK, serde_json::to_vec(&detail).expect("serializable")))
         }
         (&Method::GET, ["v1", "licenses", id, "history"], Some(Principal::ApiKey { brand_id, .. })) => {
@@ -169,7 +179,7 @@ async fn route(state: &State, req: Request<Incoming>, request_id: &str) -> Reply
         }
         (&Method::POST, ["internal", "license-keys", "validate"], _) => {
             let body: ValidateKey = read_json(req, request_id).await?;
-            let answer = crate::validate::validate(&state.pool, &body).await.map_err(internal_error)?;
+            let answer = crate::validate::validate(&state.hot, &body).await.map_err(hot_error)?;
             Ok(json(StatusCode::OK, serde_json::to_vec(&answer).expect("serializable")))
         }
         (&Method::GET, ["v1", "ecosystem", "licenses"], Some(Principal::ApiKey { .. })) => {
@@ -230,6 +240,15 @@ fn page<R, T: serde::Serialize>(mut rows: Vec<R>, limit: i64, id: impl Fn(&R) ->
     };
     let page = Page { items: rows.into_iter().map(to_item).collect(), next_cursor };
     json(StatusCode::OK, serde_json::to_vec(&page).expect("serializable"))
+}
+
+/// A license document (stored status) as answered at `now` (effective status).
+fn effective(mut license: http::License, now: chrono::DateTime<Utc>) -> http::License {
+    let expires_at = license.expires_at.as_deref().and_then(cls_contracts::parse_time);
+    if let Ok(status) = cls_domain::LicenseStatus::parse(&license.status) {
+        license.status = status.effective(expires_at, now).as_str().to_owned();
+    }
+    license
 }
 
 fn license_not_found(request_id: &str) -> Problem {

@@ -6,6 +6,9 @@
 //! cross-module reaction (SPEC §4) has its own subscriber queue on `<ns>.events` with the same
 //! arguments and its own dead-letter queue: `<ns>.activations.license-events`, bound with
 //! `license.cancelled`, from which the activations worker releases a cancelled license's seats.
+//! The query service's projector has its own queue `<ns>.query.events` bound with `#`; it is
+//! declared only by the query service, together with its consumer ([`Topology::declare_projector_queue`]):
+//! with `reject-publish` overflow a bound queue nobody drains would end up nacking the relays.
 //! Declaring is idempotent; changing a queue's arguments needs a new queue name.
 
 use cls_contracts::Module;
@@ -68,6 +71,17 @@ impl Topology {
     /// seats of a cancelled license).
     pub fn license_events_queue(&self) -> String {
         format!("{}.{}.license-events", self.ns, Module::Activations.as_str())
+    }
+
+    /// The projector's queue: every event, for the Redis read model.
+    pub fn projector_queue(&self) -> String {
+        format!("{}.query.events", self.ns)
+    }
+
+    /// Declares the projector's queue (and its dead-letter queue), bound to every event type.
+    /// Needs the exchanges ([`Topology::declare`]).
+    pub async fn declare_projector_queue(&self, ch: &Channel) -> lapin::Result<()> {
+        self.declare_consumed_queue(ch, &self.projector_queue(), &self.events_exchange(), &["#"]).await
     }
 
     /// Every subscriber queue of a module reaction, with the routing keys it is bound with on
@@ -143,6 +157,7 @@ impl Topology {
             .flat_map(|m| [self.command_queue(m), self.dead_letter_queue(m)])
             .collect();
         queues.extend(self.event_queues().into_iter().flat_map(|(q, _)| [dead_letter_queue_of(&q), q]));
+        queues.extend([dead_letter_queue_of(&self.projector_queue()), self.projector_queue()]);
         queues.extend_from_slice(extra_queues);
         for q in queues {
             ch.queue_delete(q.into(), QueueDeleteOptions::default()).await?;

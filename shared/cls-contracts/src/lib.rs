@@ -6,6 +6,7 @@
 //! - [`http`]: JSON bodies of the public API (requests and responses).
 //! - [`problem`]: RFC 9457 problem bodies and the stable code enum of SPEC §3.
 //! - [`internal`]: the gateway ↔ query service contract.
+//! - [`read_model`]: the documents of the Redis read model and the targets a command makes visible.
 //!
 //! Messages are encoded with [`encode`] (`rmp_serde::to_vec_named`: structs as maps), so a reader
 //! ignores fields it does not know and a writer may add optional ones. Ids and times are strings
@@ -16,6 +17,7 @@ pub mod event;
 pub mod http;
 pub mod internal;
 pub mod problem;
+pub mod read_model;
 
 pub use command::{CommandEnvelope, Module, Principal, Reply};
 pub use event::{Event, EventEnvelope};

@@ -28,8 +28,9 @@ where
 /// What the ops listener reports on.
 #[derive(Clone)]
 pub struct Ops {
-    /// Named dependency probes: served at `/health/<name>` and required by `/ready`.
-    pub checks: Vec<(&'static str, Probe)>,
+    /// Named dependency probes: served at `/health/<name>`; required by `/ready` unless the
+    /// service degrades gracefully without that dependency (third field false).
+    pub checks: Vec<(&'static str, Probe, bool)>,
     /// Extra readiness beyond the dependencies (e.g. "consuming", "every worker kind has a consumer").
     pub ready: Option<Probe>,
     /// The service's metrics.
@@ -41,8 +42,16 @@ impl Ops {
         Ops { checks: Vec::new(), ready: None, registry }
     }
 
+    /// A dependency the service cannot work without (`/ready` requires it).
     pub fn check(mut self, name: &'static str, probe: Probe) -> Self {
-        self.checks.push((name, probe));
+        self.checks.push((name, probe, true));
+        self
+    }
+
+    /// A dependency the service degrades without (e.g. Redis: reads fall back to PostgreSQL,
+    /// writes answer 202): reported at `/health/<name>`, not required by `/ready`.
+    pub fn check_degradable(mut self, name: &'static str, probe: Probe) -> Self {
+        self.checks.push((name, probe, false));
         self
     }
 
@@ -78,8 +87,8 @@ impl Ops {
                     .expect("encoding metrics into a String cannot fail");
                 http::respond(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", text)
             }
-            path => match path.strip_prefix("/health/").and_then(|name| self.checks.iter().find(|(n, _)| *n == name)) {
-                Some((_, probe)) => match probe().await {
+            path => match path.strip_prefix("/health/").and_then(|name| self.checks.iter().find(|(n, _, _)| *n == name)) {
+                Some((_, probe, _)) => match probe().await {
                     Ok(()) => status_json(StatusCode::OK, "ok"),
                     Err(reason) => status_json(StatusCode::SERVICE_UNAVAILABLE, &reason),
                 },
@@ -90,7 +99,7 @@ impl Ops {
 
     /// Ready when every dependency answers and the service's own readiness holds.
     pub async fn readiness(&self) -> Result<(), String> {
-        for (name, probe) in &self.checks {
+        for (name, probe, _) in self.checks.iter().filter(|(_, _, required)| *required) {
             probe().await.map_err(|reason| format!("{name}: {reason}"))?;
         }
         match &self.ready {

@@ -102,6 +102,9 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// `CLS_SWEEP_INTERVAL_MS`: how often the licenses worker's expiry sweeper runs.
     pub sweep_interval: Duration,
+    /// `CLS_READ_FALLBACK_LIMIT`: hot reads (cache misses, or all of them while Redis is down)
+    /// the query service sends to Postgres at once; more wait briefly, then get 503.
+    pub read_fallback_limit: u32,
 }
 
 impl Settings {
@@ -128,6 +131,7 @@ impl Settings {
             worker_concurrency: 16,
             log_format: LogFormat::Text,
             sweep_interval: Duration::from_secs(60),
+            read_fallback_limit: 8,
         }
     }
 
@@ -194,6 +198,9 @@ impl Settings {
         }
         if let Some(v) = get("CLS_SWEEP_INTERVAL_MS") {
             s.sweep_interval = Duration::from_millis(parse_num(&v, "CLS_SWEEP_INTERVAL_MS", 10, 86_400_000)?);
+        }
+        if let Some(v) = get("CLS_READ_FALLBACK_LIMIT") {
+            s.read_fallback_limit = parse_num(&v, "CLS_READ_FALLBACK_LIMIT", 1, 500)? as u32;
         }
         if let Some(v) = get("CLS_LOG_FORMAT") {
             s.log_format = match v.as_str() {

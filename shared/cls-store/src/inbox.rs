@@ -29,6 +29,8 @@ pub struct StoredCommand {
     pub response_status: Option<i16>,
     pub response_body: Option<Vec<u8>>,
     pub response_sealed: bool,
+    /// What the command made visible in the read model (`read_model::Target` encoded).
+    pub read_model_targets: Vec<String>,
 }
 
 impl StoredCommand {
@@ -76,25 +78,28 @@ pub async fn claim(conn: &mut PgConnection, c: &NewCommand<'_>) -> Result<Claim,
     Ok(Claim::Existing(existing))
 }
 
+/// The outcome of a claimed command.
+pub struct Outcome<'a> {
+    pub status: u16,
+    pub body: &'a [u8],
+    pub sealed: bool,
+    /// What reads must reflect before this outcome counts as visible (`read_model::Target`s).
+    pub read_model_targets: &'a [String],
+}
+
 /// Stores the outcome of a claimed command (same transaction as the claim).
-pub async fn complete(
-    conn: &mut PgConnection,
-    command_id: Uuid,
-    status: u16,
-    body: &[u8],
-    sealed: bool,
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
+pub async fn complete(conn: &mut PgConnection, command_id: Uuid, outcome: &Outcome<'_>, now: DateTime<Utc>) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE inbox SET state = 'succeeded', response_status = $2, response_body = $3, response_sealed = $4,
-                          completed_at = $5
+                          completed_at = $5, read_model_targets = $6
          WHERE command_id = $1",
     )
     .bind(command_id)
-    .bind(status as i16)
-    .bind(body)
-    .bind(sealed)
+    .bind(outcome.status as i16)
+    .bind(outcome.body)
+    .bind(outcome.sealed)
     .bind(now)
+    .bind(outcome.read_model_targets)
     .execute(conn)
     .await?;
     Ok(())
@@ -124,7 +129,8 @@ pub async fn record_failure(conn: &mut PgConnection, c: &NewCommand<'_>, failure
 
 pub async fn find(conn: &mut PgConnection, command_id: Uuid) -> Result<Option<StoredCommand>, StoreError> {
     Ok(sqlx::query_as::<_, StoredCommand>(
-        "SELECT command_id, principal, request_hash, state, response_status, response_body, response_sealed
+        "SELECT command_id, principal, request_hash, state, response_status, response_body, response_sealed,
+                read_model_targets
          FROM inbox WHERE command_id = $1",
     )
     .bind(command_id)

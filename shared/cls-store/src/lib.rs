@@ -13,6 +13,7 @@ pub mod inbox;
 pub mod licenses;
 pub mod outbox;
 pub mod pool;
+pub mod read_model;
 pub mod views;
 
 pub use error::{StoreError, WriteError};

@@ -340,8 +340,16 @@ pub async fn rotate_key(
     key_hint: &str,
     now: DateTime<Utc>,
 ) -> Result<LicenseKeyRecord, WriteError<KeyTaken>> {
+    // The old hash is retired in the same statement: the read model keeps a tombstone for it,
+    // versioned above anything the old key was ever written with.
     sqlx::query_as::<_, LicenseKeyRecord>(sqlx::AssertSqlSafe(format!(
-        "UPDATE license_keys SET key_hash = $2, key_hint = $3, imported = false, updated_at = GREATEST(updated_at, $4), version = version + 1
+        "WITH retired AS (
+             INSERT INTO retired_key_hashes (key_hash, license_key_id, rm_version, retired_at)
+             SELECT key_hash, id, nextval('read_model_version'), $4 FROM license_keys WHERE id = $1
+             ON CONFLICT (key_hash) DO UPDATE
+                 SET license_key_id = EXCLUDED.license_key_id, rm_version = EXCLUDED.rm_version, retired_at = EXCLUDED.retired_at
+         )
+         UPDATE license_keys SET key_hash = $2, key_hint = $3, imported = false, updated_at = GREATEST(updated_at, $4), version = version + 1
          WHERE id = $1 RETURNING {KEY_COLUMNS}"
     )))
     .bind(id)

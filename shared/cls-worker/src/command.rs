@@ -43,6 +43,20 @@ pub struct Handled {
     pub secret: bool,
     pub events: Vec<NewEvent>,
     pub audit: Vec<Audit>,
+    /// What the command changed that hot reads show: the consumer draws new read-model versions
+    /// for them in the transaction and makes them visible before it replies 2xx.
+    pub touched: Vec<Touched>,
+}
+
+/// An entity whose read-model documents a change invalidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Touched {
+    /// A license key (its hash, hint or owner changed, or a license was added to it).
+    LicenseKey(Uuid),
+    /// A license or its activations (the key that holds it is refreshed).
+    License(Uuid),
+    /// An API key (created or revoked).
+    ApiKey(Uuid),
 }
 
 /// An event to append to the outbox; the consumer fills in the envelope.

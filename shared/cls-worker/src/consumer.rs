@@ -17,7 +17,10 @@ use std::time::Duration;
 use chrono::Utc;
 use cls_contracts::command::COMMAND_SCHEMA_VERSION;
 use cls_contracts::event::EVENT_SCHEMA_VERSION;
+use cls_contracts::http::Accepted;
+use cls_contracts::read_model::Target;
 use cls_contracts::{CommandEnvelope, EventEnvelope, Module, Problem, ProblemCode, Reply};
+use cls_readmodel::ReadModel;
 use cls_runtime::secret::SecretBox;
 use cls_store::inbox::{self, Claim, NewCommand};
 use cls_store::{PgPool, audit, outbox};
@@ -50,6 +53,7 @@ pub struct CommandConsumer {
     pub concurrency: u16,
     pub consuming: Arc<AtomicBool>,
     pub outcomes: Family<Vec<(String, String)>, Counter>,
+    pub read_model: Arc<ReadModel>,
 }
 
 /// What to tell the broker about a delivery once it is handled.
@@ -290,9 +294,9 @@ impl CommandConsumer {
             }
 
             match with_retries(shutdown, || self.transact(command_id, &envelope)).await {
-                Ok(reply) => {
+                Ok((reply, targets)) => {
                     self.count(command_type, if reply.replayed { "replayed" } else { "handled" });
-                    (Settle::Ack, Some(reply))
+                    (Settle::Ack, Some(self.visible(reply, &targets).await))
                 }
                 Err(GaveUp::Transient) => {
                     self.count(command_type, "requeued");
@@ -304,6 +308,17 @@ impl CommandConsumer {
         }
         .instrument(span)
         .await
+    }
+
+    /// Read-your-writes: a 2xx goes out only once every read reflects it; otherwise the caller
+    /// gets 202 and polls the operation (committed; it reads `succeeded` once visible).
+    async fn visible(&self, reply: Reply, targets: &[Target]) -> Reply {
+        if !(200..300).contains(&reply.status) || crate::visibility::make_visible(&self.read_model, &self.pool, targets).await {
+            return reply;
+        }
+        self.count("?", "accepted_not_visible");
+        let body = serde_json::to_string(&Accepted { operation_id: reply.command_id.clone() }).expect("serializable");
+        Reply { status: 202, body, ..reply }
     }
 
     /// Records the failed operation, answers 500 so the caller is not left waiting, and
@@ -331,8 +346,9 @@ impl CommandConsumer {
         (Settle::Reject, Some(reply))
     }
 
-    /// One attempt: the whole command in one transaction. Returns the reply to send.
-    async fn transact(&self, command_id: Uuid, envelope: &CommandEnvelope) -> Result<Reply, HandleError> {
+    /// One attempt: the whole command in one transaction. Returns the reply to send and what it
+    /// made visible in the read model.
+    async fn transact(&self, command_id: Uuid, envelope: &CommandEnvelope) -> Result<(Reply, Vec<Target>), HandleError> {
         let now = Utc::now();
         let principal = envelope.principal.scope();
         let record = NewCommand {
@@ -348,7 +364,9 @@ impl CommandConsumer {
         match inbox::claim(&mut tx, &record).await? {
             Claim::Existing(stored) => {
                 tx.commit().await?;
-                return Ok(self.replay(command_id, envelope, stored));
+                // A replayed 2xx must be visible too (the first answer may have been a 202).
+                let targets = stored.read_model_targets.iter().filter_map(|t| Target::decode(t)).collect();
+                return Ok((self.replay(command_id, envelope, stored), targets));
             }
             Claim::Claimed => {}
         }
@@ -361,24 +379,27 @@ impl CommandConsumer {
         };
         let mut savepoint = (&mut tx).begin().await?;
         let result = (self.dispatch)(&mut savepoint, &context).await;
-        let (status, body, secret) = match result {
-            Ok(handled) => {
+        let (status, body, secret, targets) = match result {
+            Ok(mut handled) => {
                 savepoint.commit().await?;
                 let (status, body, secret) = (handled.status, handled.body.to_string(), handled.secret);
+                let targets = crate::visibility::draw_versions(&mut tx, &std::mem::take(&mut handled.touched)).await?;
                 self.record_effects(&mut tx, &context, handled).await?;
-                (status, body, secret)
+                (status, body, secret, targets)
             }
             Err(HandleError::Rejected { code, detail, errors, extra }) => {
                 savepoint.rollback().await?;
                 let problem = Problem { errors, extra, ..Problem::new(code, detail, &envelope.request_id) };
-                (problem.status, problem.to_json(), false)
+                (problem.status, problem.to_json(), false, Vec::new())
             }
             Err(other) => return Err(other),
         };
         let stored = if secret { self.secrets.seal(body.as_bytes()) } else { body.clone().into_bytes() };
-        inbox::complete(&mut tx, command_id, status, &stored, secret, now).await?;
+        let encoded: Vec<String> = targets.iter().map(Target::encode).collect();
+        let outcome = inbox::Outcome { status, body: &stored, sealed: secret, read_model_targets: &encoded };
+        inbox::complete(&mut tx, command_id, &outcome, now).await?;
         tx.commit().await?;
-        Ok(Reply { command_id: command_id.to_string(), status, body, replayed: false })
+        Ok((Reply { command_id: command_id.to_string(), status, body, replayed: false }, targets))
     }
 
     /// Audit entries and outbox events, in the command's transaction.

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use cls_contracts::EventEnvelope;
+use cls_contracts::read_model::Target;
 use cls_contracts::event::EVENT_SCHEMA_VERSION;
 use cls_store::PgPool;
 use futures_lite::StreamExt;
@@ -32,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::command::{Audit, HandleError, NewEvent};
+use crate::command::{Audit, HandleError, NewEvent, Touched};
 use crate::consumer::{Cause, GaveUp, Settle, append_effects, with_retries};
 
 /// One event as a reaction sees it.
@@ -50,6 +51,8 @@ pub struct EventContext {
 pub struct Reaction {
     pub events: Vec<NewEvent>,
     pub audit: Vec<Audit>,
+    /// What the reaction changed that hot reads show (see [`Handled::touched`](crate::command::Handled)).
+    pub touched: Vec<Touched>,
 }
 
 /// A module's reaction to the events of its subscriber queue: one `match` over the event types
@@ -68,6 +71,7 @@ pub struct EventConsumer {
     pub concurrency: u16,
     pub consuming: Arc<AtomicBool>,
     pub outcomes: Family<Vec<(String, String)>, Counter>,
+    pub read_model: Arc<cls_readmodel::ReadModel>,
 }
 
 impl EventConsumer {
@@ -145,11 +149,13 @@ impl EventConsumer {
             }
             let context = EventContext { event_id, envelope, now: Utc::now() };
             match with_retries(shutdown, || self.transact(&context)).await {
-                Ok(true) => {
+                Ok(Some(targets)) => {
+                    // Best effort: the projector also applies the events this reaction emitted.
+                    crate::visibility::make_visible(&self.read_model, &self.pool, &targets).await;
                     self.count(event_type, "handled");
                     Settle::Ack
                 }
-                Ok(false) => {
+                Ok(None) => {
                     self.count(event_type, "duplicate");
                     Settle::Ack
                 }
@@ -168,17 +174,18 @@ impl EventConsumer {
         .await
     }
 
-    /// One attempt: the whole reaction in one transaction. Returns false for an event handled
-    /// before.
-    async fn transact(&self, context: &EventContext) -> Result<bool, HandleError> {
+    /// One attempt: the whole reaction in one transaction. Returns what it made visible, or
+    /// `None` for an event handled before.
+    async fn transact(&self, context: &EventContext) -> Result<Option<Vec<Target>>, HandleError> {
         let now = Utc::now();
         let context = EventContext { now, ..context.clone() };
         let mut tx = self.pool.begin().await?;
         if !cls_store::inbox::claim_event(&mut tx, self.consumer, context.event_id).await? {
             tx.commit().await?;
-            return Ok(false);
+            return Ok(None);
         }
         let reaction = (self.dispatch)(&mut tx, &context).await?;
+        let targets = crate::visibility::draw_versions(&mut tx, &reaction.touched).await?;
         let cause = Cause {
             actor_kind: "system",
             actor_id: Some(self.consumer.to_owned()),
@@ -189,7 +196,7 @@ impl EventConsumer {
         };
         append_effects(&mut tx, &cause, reaction.events, reaction.audit).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(targets))
     }
 
     fn count(&self, event_type: &str, outcome: &str) {

@@ -9,6 +9,8 @@
 //!   reaction's changes, audit entries and outbox events; commit, then ack.
 //! - [`relay`]: publish committed outbox rows to `<ns>.events` with confirms.
 //! - [`retention`]: purges old stored outcomes and published events.
+//! - [`visibility`]: read-your-writes: versions drawn in the transaction, documents written to the
+//!   read model before a 2xx.
 //! - [`Worker`]: connects everything, serves the ops listener and runs until shutdown.
 
 pub mod command;
@@ -16,9 +18,10 @@ pub mod consumer;
 pub mod events;
 pub mod relay;
 pub mod retention;
+pub mod visibility;
 mod worker;
 
-pub use command::{Audit, CommandContext, Dispatch, HandleError, Handled, NewEvent};
+pub use command::{Audit, CommandContext, Dispatch, HandleError, Handled, NewEvent, Touched};
 pub use consumer::{Cause, append_effects};
 pub use events::{EventContext, EventDispatch, Reaction};
 pub use worker::Worker;

@@ -11,6 +11,7 @@ use cls_contracts::Module;
 use cls_runtime::ops::{Ops, probe};
 use cls_runtime::secret::SecretBox;
 use cls_runtime::{CancellationToken, ServiceKind, Settings};
+use cls_readmodel::ReadModel;
 use cls_store::PgPool;
 use lapin::Connection;
 use prometheus_client::metrics::counter::Counter;
@@ -33,6 +34,7 @@ pub struct Worker {
     consume: Arc<Connection>,
     publish: Arc<Connection>,
     topology: Topology,
+    read_model: Arc<ReadModel>,
     ops_listener: TcpListener,
     /// The module's subscriber queue on `<ns>.events` and its reaction, if it has one.
     events: Option<(String, EventDispatch)>,
@@ -47,8 +49,9 @@ impl Worker {
         let publish = Arc::new(cls_bus::connect(&settings.amqp_url, &format!("{}-publish", kind.name())).await?);
         let topology = Topology::new(settings.namespace.clone());
         topology.declare(&consume.create_channel().await?).await?;
+        let read_model = Arc::new(ReadModel::connect(&settings.redis_url, &settings.namespace).await?);
         let ops_listener = cls_runtime::http::bind(settings.ops_addr).await?;
-        Ok(Worker { settings, kind, module, dispatch, pool, consume, publish, topology, ops_listener, events: None })
+        Ok(Worker { settings, kind, module, dispatch, pool, consume, publish, topology, read_model, ops_listener, events: None })
     }
 
     /// Also consume `queue` (a subscriber queue on `<ns>.events`, declared by the topology)
@@ -61,6 +64,17 @@ impl Worker {
     /// The AMQP names of the worker's namespace.
     pub fn topology(&self) -> &Topology {
         &self.topology
+    }
+
+    /// The read model the worker keeps current (read-your-writes); shared with a module's own
+    /// background work (the expiry sweeper).
+    pub fn read_model(&self) -> Arc<ReadModel> {
+        self.read_model.clone()
+    }
+
+    /// The worker's database pool, shared with a module's own background work.
+    pub fn pool(&self) -> PgPool {
+        self.pool.clone()
     }
 
     pub fn ops_addr(&self) -> SocketAddr {
@@ -86,6 +100,7 @@ impl Worker {
             concurrency: self.settings.worker_concurrency,
             consuming: consuming.clone(),
             outcomes,
+            read_model: self.read_model.clone(),
         });
         let relay = Relay { pool: self.pool.clone(), topology: self.topology.clone(), published };
         let events_consuming = Arc::new(AtomicBool::new(self.events.is_none()));
@@ -98,6 +113,7 @@ impl Worker {
                 concurrency: self.settings.worker_concurrency,
                 consuming: events_consuming.clone(),
                 outcomes: reactions,
+                read_model: self.read_model.clone(),
             })
         });
 
@@ -108,6 +124,13 @@ impl Worker {
             .check("db", probe(move || {
                 let pool = pool.clone();
                 async move { cls_store::pool::ping(&pool).await }
+            }))
+            .check_degradable("cache", probe({
+                let read_model = self.read_model.clone();
+                move || {
+                    let read_model = read_model.clone();
+                    async move { read_model.ping().await }
+                }
             }))
             .check("broker", probe(move || {
                 let (c, p) = (cls_bus::connection_health(&consume), cls_bus::connection_health(&publish));
@@ -137,6 +160,7 @@ impl Worker {
         let _ = ops_task.await;
         let _ = self.consume.close(200, "shutdown".into()).await;
         let _ = self.publish.close(200, "shutdown".into()).await;
+        self.read_model.quit().await;
         self.pool.close().await;
         tracing::info!(service = self.kind.name(), "worker stopped");
         Ok(())
