@@ -1,6 +1,7 @@
 //! `cls`: the operator's command line. `cls migrate` and `cls topology` prepare Postgres and
 //! RabbitMQ, `cls up` runs the whole cluster locally in the foreground (SPEC §7), and
-//! `cls brand create` gives a new user a brand and an API key in one command.
+//! `cls brand create` gives a new user a brand and an API key in one command, and
+//! `cls read-model rebuild` rewrites the Redis read model from Postgres.
 //!
 //! This file parses the command line and reads the environment (nothing below it does), then
 //! hands typed values to one function per subcommand.
@@ -23,6 +24,8 @@ use cls_runtime::{Secret, ServiceKind, Settings};
 const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/cls";
 /// Default of `CLS_AMQP_URL` (SPEC §7).
 const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// Default of `CLS_REDIS_URL` (SPEC §7).
+const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// Default of `CLS_NAMESPACE` (SPEC §7).
 const DEFAULT_NAMESPACE: &str = "cls";
 /// Default of `CLS_HTTP_ADDR` (SPEC §7), also where `cls brand create` finds the gateway.
@@ -48,6 +51,21 @@ enum Command {
     /// Manage brands through the gateway's admin API (needs CLS_ADMIN_TOKEN).
     #[command(subcommand)]
     Brand(BrandCommand),
+    /// Maintain the Redis read model of hot reads (uses CLS_DATABASE_URL, CLS_REDIS_URL,
+    /// CLS_NAMESPACE).
+    #[command(subcommand, name = "read-model")]
+    ReadModel(ReadModelCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ReadModelCommand {
+    /// Rewrite every document from PostgreSQL. Safe while the cluster serves: writes are
+    /// version compare-and-sets, so nothing newer is overwritten.
+    Rebuild {
+        /// Delete the namespace's read-model keys first (reads fill from PostgreSQL meanwhile).
+        #[arg(long)]
+        wipe: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -140,6 +158,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Up(args) => run_up(args).await,
         Command::Brand(BrandCommand::Create(args)) => run_brand_create(args).await,
+        Command::ReadModel(ReadModelCommand::Rebuild { wipe }) => {
+            cls_runtime::telemetry::init(log_format());
+            let database_url = env("CLS_DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
+            let redis_url = env("CLS_REDIS_URL").unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned());
+            let namespace = env("CLS_NAMESPACE").unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+            setup::rebuild_read_model(&database_url, &redis_url, &namespace, wipe).await
+        }
     }
 }
 

@@ -46,3 +46,31 @@ pub async fn declare_topology(amqp_url: &str, namespace: &str) -> anyhow::Result
     tracing::info!(namespace, "AMQP topology declared");
     Ok(())
 }
+
+/// Rewrites the read model of `namespace` from Postgres, reporting progress on stderr and a
+/// summary on stdout.
+pub async fn rebuild_read_model(database_url: &str, redis_url: &str, namespace: &str, wipe: bool) -> anyhow::Result<()> {
+    let pool = cls_store::pool::connect_now(database_url, 17, "cls-read-model").await?;
+    let read_model = cls_readmodel::ReadModel::connect(redis_url, namespace).await?;
+    if !read_model.is_connected() {
+        anyhow::bail!("cannot connect to Redis at CLS_REDIS_URL");
+    }
+    let started = std::time::Instant::now();
+    let rebuilt = read_model
+        .rebuild(&pool, wipe, |done| eprintln!("rebuilding: {} license keys, {} API keys", done.license_keys, done.api_keys))
+        .await;
+    read_model.quit().await;
+    pool.close().await;
+    let rebuilt = rebuilt.context("the rebuild stopped")?;
+    if wipe {
+        println!("deleted {} read-model keys of namespace {namespace}", rebuilt.deleted);
+    }
+    println!(
+        "rebuilt the read model of namespace {namespace}: {} license keys, {} API keys in {:.1}s",
+        rebuilt.license_keys,
+        rebuilt.api_keys,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+

@@ -50,7 +50,7 @@ pub struct KeyLicense {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum LicenseDoc {
-    Live(LiveLicense),
+    Live(Box<LiveLicense>),
     /// No license has this id (a negative entry, kept briefly).
     Unknown,
 }

@@ -53,7 +53,7 @@ pub fn key_doc(s: &KeySnapshot) -> KeyDoc {
 pub fn license_doc(s: &KeySnapshot, l: &SnapshotLicense) -> LicenseDoc {
     let seats_used = seats(l);
     let seat_limit = l.seat_limit.map(|n| n as u32);
-    LicenseDoc::Live(LiveLicense {
+    LicenseDoc::Live(Box::new(LiveLicense {
         brand_id: s.brand_id.to_string(),
         license: License {
             id: l.id.to_string(),
@@ -70,7 +70,7 @@ pub fn license_doc(s: &KeySnapshot, l: &SnapshotLicense) -> LicenseDoc {
             version: l.version,
         },
         activations: if l.status == "cancelled" { Vec::new() } else { l.activations.iter().map(activation).collect() },
-    })
+    }))
 }
 
 fn activation(a: &cls_store::read_model::SnapshotActivation) -> Activation {

@@ -16,6 +16,7 @@
 
 pub mod docs;
 pub mod keys;
+pub mod rebuild;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,6 +32,7 @@ use uuid::Uuid;
 
 pub use docs::Write;
 pub use keys::Keys;
+pub use rebuild::Rebuilt;
 
 /// How long an unknown key (license key, license id, API key) is remembered as unknown. Any
 /// real document replaces a negative entry at once, so this only bounds memory, not freshness.
