@@ -158,3 +158,55 @@ impl<F: Future<Output = StatusCode>> MapOk for F {
         self.await == StatusCode::OK
     }
 }
+
+/// A counter of the query service's /metrics (0 when it has no sample yet).
+async fn counter(c: &cls_tests::TestCluster, sample: &str) -> f64 {
+    let text = String::from_utf8(c.ops_get("query", "/metrics").await.body.to_vec()).unwrap();
+    text.lines().find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn cls_read_model_rebuild_refills_a_wiped_namespace_while_serving() {
+    use fred::prelude::*;
+    let c = cls_tests::TestCluster::spawn().await;
+    let (_, brand) = c.brand_with_key("rebuilt", "RB").await;
+    c.post("/v1/products", &[("x-api-key", &brand)], &serde_json::json!({"code": "app", "name": "App"})).await;
+    let r = c.post("/v1/licenses", &[("x-api-key", &brand)], &serde_json::json!({"customer_email": "a@b.io", "products": [{"code": "app"}]})).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let key = r.json()["license_key"]["key"].as_str().unwrap().to_owned();
+    let hash = cls_domain::LicenseKey::parse(&key).unwrap().hash();
+    let doc = format!("{}:rm:key:{}", c.namespace, hash.as_str());
+
+    let redis = cls_readmodel::connect_redis(&c.settings.redis_url).await.unwrap();
+    let exists = |redis: fred::clients::Client, doc: String| async move { redis.exists::<i64, _>(doc).await.unwrap() == 1 };
+    assert!(exists(redis.clone(), doc.clone()).await, "the provisioning wrote the key's document (read-your-writes)");
+
+    let rebuild = |wipe: bool| {
+        let mut cmd = tokio::process::Command::new(binary_path("cls"));
+        cmd.envs(c.env()).arg("read-model").arg("rebuild");
+        if wipe {
+            cmd.arg("--wipe");
+        }
+        async move { cmd.output().await.expect("cls runs") }
+    };
+    let out = rebuild(true).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("1 license keys, 1 API keys"), "{stdout}");
+    assert!(stdout.contains("deleted "), "{stdout}");
+    assert!(exists(redis.clone(), doc.clone()).await, "the rebuild wrote the key's document again");
+
+    // Served from Redis: no miss.
+    let misses = counter(&c, "cls_read_model_misses_total{doc=\"license_key\"}").await;
+    let v = c.post("/v1/license-keys/validate", &[], &serde_json::json!({"license_key": key, "product": "app"})).await.json();
+    assert_eq!(v["code"], "VALID");
+    assert_eq!(counter(&c, "cls_read_model_misses_total{doc=\"license_key\"}").await, misses);
+
+    // Without --wipe it rewrites nothing older and changes no answer.
+    let out = rebuild(false).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = c.post("/v1/license-keys/validate", &[], &serde_json::json!({"license_key": key, "product": "app"})).await.json();
+    assert_eq!(v["code"], "VALID");
+    let _ = redis.quit().await;
+    c.stop().await;
+}

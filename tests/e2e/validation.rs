@@ -1,5 +1,5 @@
 //! US4: what an end-user product learns from `POST /v1/license-keys/validate` (answered from
-//! Postgres for now; the Redis read model takes over the hot path next).
+//! the Redis read model; tests/e2e/read_model.rs covers freshness, misses and outages).
 
 use cls_tests::TestCluster;
 use hyper::StatusCode;
