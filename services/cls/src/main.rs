@@ -7,6 +7,7 @@
 //! hands typed values to one function per subcommand.
 
 mod admin;
+mod dlq;
 mod http;
 mod setup;
 mod up;
@@ -55,6 +56,27 @@ enum Command {
     /// CLS_NAMESPACE).
     #[command(subcommand, name = "read-model")]
     ReadModel(ReadModelCommand),
+    /// Inspect and replay dead-lettered messages (uses CLS_AMQP_URL, CLS_NAMESPACE).
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Every dead-letter queue of the namespace with its depth, and the first messages of each.
+    List {
+        /// Messages to show per non-empty queue (they stay in the queue).
+        #[arg(long, default_value_t = 10)]
+        show: usize,
+    },
+    /// Publish dead letters back to the queue they died in (after fixing the cause).
+    Replay {
+        /// The dead-letter queue, e.g. cls.licenses.commands.dlq.
+        queue: String,
+        /// Only the message with this message id (default: all of them).
+        #[arg(long)]
+        message_id: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,6 +180,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Up(args) => run_up(args).await,
         Command::Brand(BrandCommand::Create(args)) => run_brand_create(args).await,
+        Command::Dlq(command) => {
+            cls_runtime::telemetry::init(log_format());
+            let url = env("CLS_AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.to_owned());
+            let namespace = env("CLS_NAMESPACE").unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+            match command {
+                DlqCommand::List { show } => dlq::list(&url, &namespace, show).await,
+                DlqCommand::Replay { queue, message_id } => dlq::replay(&url, &namespace, &queue, message_id.as_deref()).await,
+            }
+        }
         Command::ReadModel(ReadModelCommand::Rebuild { wipe }) => {
             cls_runtime::telemetry::init(log_format());
             let database_url = env("CLS_DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());

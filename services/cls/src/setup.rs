@@ -22,17 +22,19 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A connection for one command, without `cls_bus::connect`'s automatic recovery: with recovery
+/// on, a refused connection is retried forever instead of failing.
+pub async fn one_shot_connection(amqp_url: &str, name: &str) -> anyhow::Result<lapin::Connection> {
+    let properties = lapin::ConnectionProperties::default().with_connection_name(name.to_owned().into());
+    tokio::time::timeout(AMQP_CONNECT_TIMEOUT, lapin::Connection::connect(amqp_url, properties))
+        .await
+        .map_err(|_| anyhow::anyhow!("cannot connect to RabbitMQ: no answer within {}s", AMQP_CONNECT_TIMEOUT.as_secs()))?
+        .map_err(|e| anyhow::anyhow!("cannot connect to RabbitMQ: {e}"))
+}
+
 /// Declares every exchange and queue of `namespace` (SPEC §5).
 pub async fn declare_topology(amqp_url: &str, namespace: &str) -> anyhow::Result<()> {
-    // A one-shot connection without `cls_bus::connect`'s automatic recovery: with recovery on,
-    // a refused connection is retried forever instead of failing.
-    let properties = lapin::ConnectionProperties::default().with_connection_name("cls-topology".into());
-    let conn = tokio::time::timeout(AMQP_CONNECT_TIMEOUT, lapin::Connection::connect(amqp_url, properties))
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!("cannot connect to RabbitMQ: no answer within {}s", AMQP_CONNECT_TIMEOUT.as_secs())
-        })?
-        .map_err(|e| anyhow::anyhow!("cannot connect to RabbitMQ: {e}"))?;
+    let conn = one_shot_connection(amqp_url, "cls-topology").await?;
     let declared = async {
         let channel = conn.create_channel().await.context("cannot open an AMQP channel")?;
         let declared = Topology::new(namespace).declare(&channel).await.context("cannot declare the AMQP topology");

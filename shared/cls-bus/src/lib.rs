@@ -1,9 +1,11 @@
 //! The RabbitMQ bus (SPEC §5; the bus port, RabbitMQ now): connections, the [`topology`],
-//! confirmed publishing ([`publisher`]) and the gateway's request/reply client ([`rpc`]).
+//! confirmed publishing ([`publisher`]), the gateway's request/reply client ([`rpc`]) and the
+//! dead-letter queues' listing and replay ([`dlq`]).
 //!
 //! Every publish waits for the broker's confirm; a mandatory publish that comes back unroutable
 //! is an error, never a silent drop.
 
+pub mod dlq;
 pub mod publisher;
 pub mod rpc;
 pub mod topology;

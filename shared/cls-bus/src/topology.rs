@@ -84,6 +84,14 @@ impl Topology {
         self.declare_consumed_queue(ch, &self.projector_queue(), &self.events_exchange(), &["#"]).await
     }
 
+    /// Every dead-letter queue of the namespace (commands, reactions, the projector).
+    pub fn dead_letter_queues(&self) -> Vec<String> {
+        let mut queues: Vec<String> = Module::ALL.into_iter().map(|m| self.dead_letter_queue(m)).collect();
+        queues.extend(self.event_queues().into_iter().map(|(q, _)| dead_letter_queue_of(&q)));
+        queues.push(dead_letter_queue_of(&self.projector_queue()));
+        queues
+    }
+
     /// Every subscriber queue of a module reaction, with the routing keys it is bound with on
     /// `<ns>.events`.
     pub fn event_queues(&self) -> Vec<(String, &'static [&'static str])> {

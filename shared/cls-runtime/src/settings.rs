@@ -105,6 +105,12 @@ pub struct Settings {
     /// `CLS_READ_FALLBACK_LIMIT`: hot reads (cache misses, or all of them while Redis is down)
     /// the query service sends to Postgres at once; more wait briefly, then get 503.
     pub read_fallback_limit: u32,
+    /// `CLS_RATE_API_KEY`: requests per minute per API key on brand routes (0 = off).
+    pub rate_api_key: u32,
+    /// `CLS_RATE_IP`: requests per minute per client IP on product routes (0 = off).
+    pub rate_ip: u32,
+    /// `CLS_RATE_LICENSE_KEY`: requests per minute per license key on product routes (0 = off).
+    pub rate_license_key: u32,
 }
 
 impl Settings {
@@ -132,6 +138,9 @@ impl Settings {
             log_format: LogFormat::Text,
             sweep_interval: Duration::from_secs(60),
             read_fallback_limit: 8,
+            rate_api_key: 6000,
+            rate_ip: 1200,
+            rate_license_key: 120,
         }
     }
 
@@ -198,6 +207,15 @@ impl Settings {
         }
         if let Some(v) = get("CLS_SWEEP_INTERVAL_MS") {
             s.sweep_interval = Duration::from_millis(parse_num(&v, "CLS_SWEEP_INTERVAL_MS", 10, 86_400_000)?);
+        }
+        for (name, field) in [
+            ("CLS_RATE_API_KEY", &mut s.rate_api_key),
+            ("CLS_RATE_IP", &mut s.rate_ip),
+            ("CLS_RATE_LICENSE_KEY", &mut s.rate_license_key),
+        ] {
+            if let Some(v) = get(name) {
+                *field = parse_num(&v, name, 0, 10_000_000)? as u32;
+            }
         }
         if let Some(v) = get("CLS_READ_FALLBACK_LIMIT") {
             s.read_fallback_limit = parse_num(&v, "CLS_READ_FALLBACK_LIMIT", 1, 500)? as u32;
