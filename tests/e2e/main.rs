@@ -8,6 +8,7 @@ mod cli;
 mod bus;
 mod commands;
 mod crash;
+mod dlq;
 mod events;
 mod licenses;
 mod lifecycle;

@@ -95,12 +95,16 @@ pub struct Replayed {
 }
 
 /// Replays the messages of a dead-letter queue to their original queues: all of them, or only
-/// those whose `message_id` is `only`.
+/// those whose `message_id` is `only`. Only the messages there when it starts: one that dies
+/// again meanwhile (still poison) is not replayed twice.
 pub async fn replay(conn: &Connection, queue: &str, only: Option<&str>) -> Result<Replayed, PublishError> {
     let channel = conn.create_channel().await?;
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    let waiting = channel.queue_declare(queue.into(), passive, FieldTable::default()).await?.message_count();
     let publisher = Publisher::open(conn, Duration::from_secs(10)).await?;
     let mut done = Replayed::default();
-    while let Some(message) = channel.basic_get(queue.into(), BasicGetOptions { no_ack: false }).await? {
+    for _ in 0..waiting {
+        let Some(message) = channel.basic_get(queue.into(), BasicGetOptions { no_ack: false }).await? else { break };
         let delivery = message.delivery;
         let letter = describe(&delivery);
         let selected = only.is_none_or(|id| letter.message_id.as_deref() == Some(id));
