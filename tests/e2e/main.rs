@@ -13,5 +13,6 @@ mod events;
 mod licenses;
 mod lifecycle;
 mod protocol;
+mod read_model;
 mod store;
 mod validation;

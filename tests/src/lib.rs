@@ -34,11 +34,14 @@ pub struct Options {
     /// In-process activations worker replicas (0: the test starts its own).
     pub activations_workers: usize,
     pub reply_timeout: Duration,
+    /// The Redis URL every service of the cluster uses (`None`: the local Redis). Teardown
+    /// still removes the namespace's keys from the local Redis.
+    pub redis_url: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { brands_workers: 1, licenses_workers: 1, activations_workers: 1, reply_timeout: Duration::from_secs(5) }
+        Options { brands_workers: 1, licenses_workers: 1, activations_workers: 1, reply_timeout: Duration::from_secs(5), redis_url: None }
     }
 }
 
@@ -59,6 +62,9 @@ pub struct TestCluster {
     services: Vec<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
     workers: Vec<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
     extra_queues: Vec<String>,
+    /// The Redis teardown removes the namespace's keys from (the local one, even when the
+    /// services were pointed elsewhere).
+    cleanup_redis_url: String,
     stopped: bool,
 }
 
@@ -110,6 +116,10 @@ impl TestCluster {
         settings.http_addr = any_port;
         settings.query_addr = any_port;
         settings.ops_addr = any_port;
+        let cleanup_redis_url = settings.redis_url.clone();
+        if let Some(url) = &options.redis_url {
+            settings.redis_url = url.clone();
+        }
 
         cls_store::pool::create_database_if_missing(&database_url).await.expect("create test database");
         let pool = cls_store::pool::connect_now(&database_url, 4, "cls-tests").await.expect("connect test database");
@@ -140,6 +150,7 @@ impl TestCluster {
             services,
             workers: Vec::new(),
             extra_queues: Vec::new(),
+            cleanup_redis_url,
             stopped: false,
         };
         for _ in 0..options.brands_workers {
@@ -316,8 +327,40 @@ impl TestCluster {
             let _ = handle.await;
         }
         self.pool.close().await;
-        cleanup(&self.settings, &self.extra_queues).await;
+        cleanup(&self.cleanup_settings(), &self.extra_queues).await;
         self.stopped = true;
+    }
+
+    /// The settings teardown works with: the cluster's, with the local Redis.
+    fn cleanup_settings(&self) -> Settings {
+        let mut settings = self.settings.clone();
+        settings.redis_url = self.cleanup_redis_url.clone();
+        settings
+    }
+
+    /// A client of the local Redis (where the namespace's keys live unless `Options::redis_url`
+    /// pointed the services elsewhere).
+    pub async fn redis(&self) -> fred::clients::Client {
+        let client = cls_query::connect_redis(&self.cleanup_redis_url).await.expect("redis client");
+        use fred::prelude::*;
+        client.wait_for_connect().await.expect("redis connects");
+        client
+    }
+
+    /// The value of one series of a service's `/metrics` (OpenMetrics text), e.g.
+    /// `cls_read_model_hits_total{doc="license_key"}`; labels in the order the service prints
+    /// them. A series not printed yet (a counter never incremented) reads 0.
+    pub async fn metric(&self, service: &str, series: &str) -> f64 {
+        let r = self.ops_get(service, "/metrics").await;
+        assert_eq!(r.status, StatusCode::OK, "{service} /metrics");
+        let text = String::from_utf8_lossy(&r.body);
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let (name, rest) = l.split_once(' ')?;
+                (name == series).then(|| rest.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()))?
+            })
+            .unwrap_or(0.0)
     }
 
     /// Remembers a queue the test declared, so teardown deletes it with the namespace.
@@ -333,7 +376,7 @@ impl Drop for TestCluster {
         if self.stopped {
             return;
         }
-        let settings = self.settings.clone();
+        let settings = self.cleanup_settings();
         let extra = self.extra_queues.clone();
         let _ = std::thread::spawn(move || {
             if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
