@@ -11,6 +11,7 @@ mod crash;
 mod dlq;
 mod events;
 mod licenses;
+mod limits;
 mod lifecycle;
 mod protocol;
 mod read_model;

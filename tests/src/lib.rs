@@ -37,11 +37,14 @@ pub struct Options {
     /// The Redis URL every service of the cluster uses (`None`: the local Redis). Teardown
     /// still removes the namespace's keys from the local Redis.
     pub redis_url: Option<String>,
+    /// `(CLS_RATE_API_KEY, CLS_RATE_IP, CLS_RATE_LICENSE_KEY)`; off (0) unless a test is about
+    /// rate limits, since tests send thousands of requests from one address.
+    pub rate_limits: (u32, u32, u32),
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { brands_workers: 1, licenses_workers: 1, activations_workers: 1, reply_timeout: Duration::from_secs(5), redis_url: None }
+        Options { brands_workers: 1, licenses_workers: 1, activations_workers: 1, reply_timeout: Duration::from_secs(5), redis_url: None, rate_limits: (0, 0, 0) }
     }
 }
 
@@ -116,6 +119,7 @@ impl TestCluster {
         settings.http_addr = any_port;
         settings.query_addr = any_port;
         settings.ops_addr = any_port;
+        (settings.rate_api_key, settings.rate_ip, settings.rate_license_key) = options.rate_limits;
         let cleanup_redis_url = settings.redis_url.clone();
         if let Some(url) = &options.redis_url {
             settings.redis_url = url.clone();
@@ -227,6 +231,9 @@ impl TestCluster {
             ("CLS_DB_POOL_SIZE", "4".to_owned()),
             ("CLS_WORKER_CONCURRENCY", "8".to_owned()),
             ("CLS_LOG", "warn".to_owned()),
+            ("CLS_RATE_API_KEY", s.rate_api_key.to_string()),
+            ("CLS_RATE_IP", s.rate_ip.to_string()),
+            ("CLS_RATE_LICENSE_KEY", s.rate_license_key.to_string()),
         ])
     }
 

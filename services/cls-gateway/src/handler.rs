@@ -23,6 +23,7 @@ use uuid::Uuid;
 use crate::State;
 use crate::auth::Failure;
 use crate::commands::{self, Invalid};
+use crate::ratelimit::{Bucket, Verdict};
 use crate::routes::{Access, Miss, Route};
 
 /// SPEC §3: request bodies over 64 KiB are refused.
@@ -32,8 +33,13 @@ const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
 /// Namespace of the UUIDv5 command ids derived from idempotency keys.
 const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6c73_2d69_6465_6d70_6f74_656e_6379_0001);
 
-pub async fn handle(state: Arc<State>, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+/// The client's address, for the per-IP rate limit of product routes.
+#[derive(Debug, Clone, Copy)]
+struct ClientIp(std::net::IpAddr);
+
+pub async fn handle(state: Arc<State>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let started = std::time::Instant::now();
+    req.extensions_mut().insert(ClientIp(peer.ip()));
     let request_id = request_id(&req);
     let (route_name, mut response) = match Route::resolve(req.method(), req.uri().path()) {
         Ok(route) => (route.name(), dispatch(&state, route, req, &request_id).await),
@@ -69,6 +75,56 @@ async fn dispatch(state: &State, route: Route, req: Request<Incoming>, request_i
         Ok(p) => p,
         Err(response) => return response,
     };
+    // Brand routes count against the API key; an end-user product polling its operation against
+    // its IP. Product commands and validation count once their body names the license key.
+    let bucket = match &principal {
+        Some(Principal::ApiKey { api_key_id, .. }) => Some(Bucket { kind: "api_key", id: api_key_id.clone(), limit: state.settings.rate_api_key }),
+        Some(Principal::LicenseKey { .. }) => Some(ip_bucket(state, client_ip(&req))),
+        _ => None,
+    };
+    let verdict = match bucket {
+        Some(bucket) => state.limiter.check(&[bucket]).await,
+        None => None,
+    };
+    if let Some(v) = verdict.filter(|v| !v.allowed) {
+        return rate_limited(v, request_id);
+    }
+    let mut response = serve(state, route, req, principal, request_id).await;
+    if let Some(v) = verdict {
+        v.apply(response.headers_mut());
+    }
+    response
+}
+
+fn client_ip<B>(req: &Request<B>) -> Option<ClientIp> {
+    req.extensions().get::<ClientIp>().copied()
+}
+
+fn ip_bucket(state: &State, ip: Option<ClientIp>) -> Bucket {
+    Bucket { kind: "ip", id: ip.map(|ip| ip.0.to_string()).unwrap_or_default(), limit: state.settings.rate_ip }
+}
+
+/// Counts a product request against its client IP and its license key (by hash).
+async fn limit_product(state: &State, ip: Option<ClientIp>, key_hash: &str) -> Option<Verdict> {
+    let buckets = [ip_bucket(state, ip), Bucket { kind: "license_key", id: key_hash.to_owned(), limit: state.settings.rate_license_key }];
+    state.limiter.check(&buckets).await
+}
+
+fn rate_limited(verdict: Verdict, request_id: &str) -> Response<Body> {
+    let mut r = problem(ProblemCode::RateLimited, "Too many requests; retry after the time in Retry-After.", request_id);
+    verdict.apply(r.headers_mut());
+    r
+}
+
+/// Adds the rate-limit headers of a counted request.
+fn with_limits(mut r: Response<Body>, verdict: Option<Verdict>) -> Response<Body> {
+    if let Some(v) = verdict {
+        v.apply(r.headers_mut());
+    }
+    r
+}
+
+async fn serve(state: &State, route: Route, req: Request<Incoming>, principal: Option<Principal>, request_id: &str) -> Response<Body> {
     let brand_id = match &principal {
         Some(Principal::ApiKey { brand_id, .. }) => brand_id.clone(),
         _ => String::new(),
@@ -176,6 +232,7 @@ async fn command(
     let json = is_json(&req);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let ip = client_ip(&req);
     let body = match read_body(req.into_body()).await {
         Ok(b) => b,
         Err(BodyError::TooLarge) => {
@@ -198,6 +255,13 @@ async fn command(
     let Some(principal) = own_principal.or(principal) else {
         return problem(ProblemCode::Unauthenticated, "A credential is required.", request_id);
     };
+    let verdict = match &principal {
+        Principal::LicenseKey { key_hash } if !key_hash.is_empty() => limit_product(state, ip, key_hash).await,
+        _ => None,
+    };
+    if let Some(v) = verdict.filter(|v| !v.allowed) {
+        return rate_limited(v, request_id);
+    }
 
     let scope = principal.scope();
     let command_id = match &idempotency_key {
@@ -228,7 +292,7 @@ async fn command(
         .rpc
         .call(&state.topology.commands_exchange(), routing_key, &cls_contracts::encode(&envelope), properties, deadline)
         .await;
-    match outcome {
+    let response = match outcome {
         Ok(RpcOutcome::Replied(bytes)) => match cls_contracts::decode::<Reply>(&bytes) {
             // Committed, but the worker could not make it visible to reads yet (read-your-writes):
             // the operation reads `succeeded` once it is.
@@ -244,7 +308,8 @@ async fn command(
             tracing::warn!(%error, routing_key, "command not accepted by the broker");
             with_retry_after(problem(ProblemCode::Unavailable, "The command could not be queued; retry shortly.", request_id))
         }
-    }
+    };
+    with_limits(response, verdict)
 }
 
 /// 202 with the operation to poll; the operation is registered so it reads `pending`, not 404.
@@ -325,6 +390,7 @@ async fn lookup_key(state: &State, req: Request<Incoming>, principal: Option<&Pr
 
 /// `POST /v1/license-keys/validate` (US4): the key is hashed here; the query service answers.
 async fn validate(state: &State, req: Request<Incoming>, request_id: &str) -> Response<Body> {
+    let ip = client_ip(&req);
     let body = match json_body(req, request_id).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -334,11 +400,20 @@ async fn validate(state: &State, req: Request<Incoming>, request_id: &str) -> Re
         Err(Invalid::Fields(errors)) => return problem_body(Problem::invalid(errors, request_id)),
         Err(Invalid::NotFound | Invalid::NotFoundAs(_)) => return problem(ProblemCode::NotFound, "Not found.", request_id),
     };
+    // A string that cannot be a key counts against the IP only.
+    let verdict = match &query.key_hash {
+        Some(hash) => limit_product(state, ip, hash).await,
+        None => state.limiter.check(&[ip_bucket(state, ip)]).await,
+    };
+    if let Some(v) = verdict.filter(|v| !v.allowed) {
+        return rate_limited(v, request_id);
+    }
     let internal = serde_json::to_vec(&query).expect("serializable");
-    match state.query.send(Method::POST, "/internal/license-keys/validate", None, request_id, Some(internal)).await {
+    let response = match state.query.send(Method::POST, "/internal/license-keys/validate", None, request_id, Some(internal)).await {
         Ok(answer) => passthrough(answer),
         Err(_) => with_retry_after(problem(ProblemCode::Unavailable, "Validation is temporarily unavailable.", request_id)),
-    }
+    };
+    with_limits(response, verdict)
 }
 
 /// A JSON request body, or the 415 / 413 / 400 to answer.

@@ -7,6 +7,7 @@ mod auth;
 mod commands;
 mod handler;
 mod query;
+mod ratelimit;
 mod routes;
 
 use std::net::SocketAddr;
@@ -40,6 +41,7 @@ pub(crate) struct State {
     topology: Topology,
     query: query::QueryClient,
     keys: auth::ApiKeyCache,
+    limiter: ratelimit::Limiter,
     metrics: Metrics,
 }
 
@@ -68,7 +70,20 @@ impl App {
             Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16)));
         registry.register("http_request_duration_seconds", "HTTP request latency by route", latency.clone());
 
-        let state = State { settings, amqp, rpc, topology, query, keys: auth::ApiKeyCache::default(), metrics: Metrics { requests, latency } };
+        // Rate-limit buckets live in Redis, shared by every gateway replica (SPEC §3).
+        let limiter = ratelimit::Limiter::new(cls_readmodel::connect_redis(&settings.redis_url).await?, &settings.namespace);
+        registry.register("rate_limit_fail_open", "Requests let through because the rate limiter's Redis was unavailable", limiter.fail_opens.clone());
+
+        let state = State {
+            settings,
+            amqp,
+            rpc,
+            topology,
+            query,
+            keys: auth::ApiKeyCache::default(),
+            limiter,
+            metrics: Metrics { requests, latency },
+        };
         Ok(App { state: Arc::new(state), registry, listener, ops_listener })
     }
 
@@ -85,10 +100,15 @@ impl App {
         tracing::info!(addr = %self.addr(), ops = %self.ops_addr(), "gateway started");
         let ready_state = self.state.clone();
         let broker_state = self.state.clone();
+        let cache_state = self.state.clone();
         let ops = Ops::new(Arc::new(self.registry))
             .check("broker", probe(move || {
                 let health = cls_bus::connection_health(&broker_state.amqp);
                 async move { health }
+            }))
+            .check_degradable("cache", probe(move || {
+                let state = cache_state.clone();
+                async move { state.limiter.ping().await }
             }))
             .ready_when(probe(move || {
                 let state = ready_state.clone();
@@ -105,6 +125,7 @@ impl App {
         .await;
         let _ = ops_task.await;
         let _ = self.state.amqp.close(200, "shutdown".into()).await;
+        self.state.limiter.quit().await;
         tracing::info!("gateway stopped");
         Ok(())
     }

@@ -1,0 +1,106 @@
+//! Rate limits (SPEC §3): per API key on brand routes, per client IP and per license key on
+//! product routes; 429 RATE_LIMITED with Retry-After and RateLimit-* headers; shared through
+//! Redis; fail open (and counted) when Redis is unavailable.
+
+use cls_tests::{Options, TestCluster};
+use hyper::StatusCode;
+use serde_json::json;
+
+#[tokio::test]
+async fn each_limit_counts_its_own_bucket_and_refuses_with_429() {
+    let c = TestCluster::spawn_with(Options { rate_limits: (5, 7, 3), ..Options::default() }).await;
+    let (_, brand) = c.brand_with_key("limited", "LI").await;
+    let other_brand = c.brand_with_key("unlimited", "UN").await.1;
+
+    // Per API key: the fifth request passes with 0 left, the sixth is refused.
+    for n in 1..=5u32 {
+        let r = c.get("/v1/products", &[("x-api-key", &brand)]).await;
+        assert_eq!(r.status, StatusCode::OK, "request {n}");
+        assert_eq!(r.header("ratelimit-limit"), Some("5"));
+        assert_eq!(r.header("ratelimit-remaining"), Some((5 - n).to_string().as_str()));
+        let reset: u64 = r.header("ratelimit-reset").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&reset), "reset {reset}");
+    }
+    let r = c.get("/v1/products", &[("x-api-key", &brand)]).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.json()["code"], "RATE_LIMITED");
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry));
+    // Another API key has its own bucket.
+    assert_eq!(c.get("/v1/products", &[("x-api-key", &other_brand)]).await.status, StatusCode::OK);
+
+    // Per license key (3/min) on product routes: validation and activation share the bucket.
+    c.post("/v1/products", &[("x-api-key", &other_brand)], &json!({"code": "app", "name": "App"})).await;
+    let mut keys = Vec::new();
+    for email in ["a@b.io", "c@d.io"] {
+        let r = c.post("/v1/licenses", &[("x-api-key", &other_brand)], &json!({"customer_email": email, "products": [{"code": "app"}]})).await;
+        assert_eq!(r.status, StatusCode::CREATED);
+        keys.push(r.json()["license_key"]["key"].as_str().unwrap().to_owned());
+    }
+    let cluster = &c;
+    let validate = |key: &str| {
+        let body = json!({"license_key": key});
+        async move { cluster.post("/v1/license-keys/validate", &[], &body).await }
+    };
+    assert_eq!(validate(&keys[0]).await.status, StatusCode::OK);
+    let r = c.post("/v1/activations", &[], &json!({"license_key": keys[0], "product": "app", "instance_id": "host-1"})).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.header("ratelimit-remaining"), Some("1"), "the license key's bucket is the tighter one");
+    assert_eq!(validate(&keys[0]).await.status, StatusCode::OK);
+    let r = validate(&keys[0]).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.header("retry-after").is_some());
+    // The other key still validates (product requests from this address so far: 4 of 7, the
+    // refused one included).
+    assert_eq!(validate(&keys[1]).await.status, StatusCode::OK);
+    assert_eq!(validate(&keys[1]).await.status, StatusCode::OK);
+    assert_eq!(validate(&keys[1]).await.status, StatusCode::OK);
+    // Per IP: the eighth product request from this address is refused whatever its key.
+    let r = validate("NOPE-NOT-A-KEY").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{:?}", r.headers);
+    assert_eq!(r.header("ratelimit-limit"), Some("7"));
+
+    // The buckets live in Redis under the namespace.
+    let counted: Vec<String> = {
+        use fred::prelude::*;
+        c.redis()
+            .await
+            .custom(fred::types::CustomCommand::new_static("KEYS", fred::types::ClusterHash::FirstKey, false), vec![format!("{}:rl:*", c.namespace)])
+            .await
+            .unwrap()
+    };
+    assert!(counted.iter().any(|k| k.contains(":rl:api_key:")) && counted.iter().any(|k| k.contains(":rl:ip:")), "{counted:?}");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn without_redis_requests_pass_and_the_fail_open_is_counted() {
+    let c = TestCluster::spawn_with(Options { rate_limits: (1, 1, 1), redis_url: Some("redis://127.0.0.1:1".into()), ..Options::default() }).await;
+    // Without Redis an API key cannot be made visible at once: 202, then its operation.
+    let brand = c.create_brand("failopen", "FO").await;
+    let r = c.admin_post(&format!("/v1/admin/brands/{}/api-keys", brand["id"].as_str().unwrap()), &json!({"name": "k"})).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let operation = format!("/v1/operations/{}", r.json()["operation_id"].as_str().unwrap());
+    let found = std::cell::RefCell::new(String::new());
+    cls_tests::eventually(std::time::Duration::from_secs(10), "the API key's operation succeeded", || async {
+        let o = c.admin_get(&operation).await.json();
+        if o["status"] == "succeeded" {
+            *found.borrow_mut() = o["response"]["body"]["api_key"].as_str().unwrap().to_owned();
+        }
+        o["status"] == "succeeded"
+    })
+    .await;
+    let brand = found.into_inner();
+    for _ in 0..3 {
+        let r = c.get("/v1/products", &[("x-api-key", &brand)]).await;
+        assert_eq!(r.status, StatusCode::OK, "a limit of 1/min is not enforced without its store");
+        assert!(r.header("ratelimit-limit").is_none());
+    }
+    assert!(c.metric("gateway", "cls_rate_limit_fail_open_total").await >= 3.0);
+    let health = c.ops_get("gateway", "/health/cache").await;
+    assert_eq!(health.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(String::from_utf8_lossy(&health.body).contains("fail open"));
+    assert_eq!(c.ops_get("gateway", "/ready").await.status, StatusCode::OK, "the gateway still serves");
+    c.stop().await;
+}
