@@ -433,6 +433,9 @@ pub(crate) async fn readiness(state: &State) -> Result<(), String> {
     if !state.rpc.is_open().await {
         return Err("cannot publish commands".to_owned());
     }
+    if let Some(reason) = state.rpc.blocked() {
+        return Err(format!("the broker blocks publishing ({reason})"));
+    }
     // A passive declare of a missing queue closes its channel, so use a throwaway channel.
     let channel = state.amqp.create_channel().await.map_err(|_| "the broker connection is down".to_owned())?;
     for module in crate::SERVED_MODULES {

@@ -19,6 +19,9 @@ pub enum PublishError {
     /// No confirm within the deadline (e.g. the connection is blocked by a resource alarm).
     #[error("no publisher confirm within {0:?}")]
     Timeout(Duration),
+    /// The broker blocked the connection (a memory or disk alarm): nothing was published.
+    #[error("the broker blocks publishing: {0}")]
+    Blocked(String),
     /// The channel or connection failed.
     #[error("broker error: {0}")]
     Broker(#[from] lapin::Error),

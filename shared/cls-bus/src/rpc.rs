@@ -4,6 +4,11 @@
 //! publishes the requests with confirms and `mandatory`. Each call registers its correlation id
 //! *before* publishing, because a fast worker's reply can arrive before the publish confirm.
 //! Replies are at-most-once: a lost reply is a timeout, and the caller answers 202.
+//!
+//! A broker under a resource alarm blocks publishing connections (`connection.blocked`) and a
+//! publish would stall until the alarm clears. The client follows the connection's events and,
+//! while blocked, refuses at once without publishing, so the gateway answers 503 instead of
+//! holding the request for the whole reply timeout.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -37,13 +42,37 @@ pub struct RpcClient {
     conn: Connection,
     channel: RwLock<Channel>,
     pending: Pending,
+    /// The broker's reason while it blocks this connection.
+    blocked: Arc<Mutex<Option<String>>>,
 }
 
 impl RpcClient {
     pub async fn open(conn: Connection) -> lapin::Result<Self> {
         let pending: Pending = Arc::default();
         let channel = open_channel(&conn, pending.clone()).await?;
-        Ok(RpcClient { conn, channel: RwLock::new(channel), pending })
+        let blocked: Arc<Mutex<Option<String>>> = Arc::default();
+        let mut events = conn.events_listener();
+        let flag = blocked.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                let now = match event {
+                    lapin::Event::ConnectionBlocked(reason) => Some(if reason.is_empty() { "resource alarm".to_owned() } else { reason }),
+                    lapin::Event::ConnectionUnblocked | lapin::Event::Connected => None,
+                    _ => continue,
+                };
+                match &now {
+                    Some(reason) => tracing::warn!(reason, "the broker blocks publishing; commands answer 503"),
+                    None => tracing::info!("publishing possible"),
+                }
+                *flag.lock().expect("blocked flag poisoned") = now;
+            }
+        });
+        Ok(RpcClient { conn, channel: RwLock::new(channel), pending, blocked })
+    }
+
+    /// The broker's reason while it blocks publishing, if it does.
+    pub fn blocked(&self) -> Option<String> {
+        self.blocked.lock().expect("blocked flag poisoned").clone()
     }
 
     /// Publishes `payload` and waits until `deadline` for the reply.
@@ -55,6 +84,9 @@ impl RpcClient {
         properties: BasicProperties,
         deadline: Instant,
     ) -> Result<RpcOutcome, PublishError> {
+        if let Some(reason) = self.blocked() {
+            return Err(PublishError::Blocked(reason));
+        }
         let correlation = uuid::Uuid::now_v7().to_string();
         let (tx, rx) = oneshot::channel();
         self.pending.lock().expect("rpc map poisoned").insert(correlation.clone(), tx);
