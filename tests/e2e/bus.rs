@@ -38,7 +38,7 @@ async fn confirms_unroutable_and_request_reply() {
             d.ack(BasicAckOptions::default()).await.unwrap();
         }
     });
-    let rpc = RpcClient::open(cls_bus::connect(&c.settings.amqp_url, "rpc-test").await.unwrap()).await.unwrap();
+    let rpc = RpcClient::open(cls_bus::Link::open(&c.settings.amqp_url, "rpc-test").await.unwrap()).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     match rpc.call(&exchange, "echo.1", b"ping", BasicProperties::default(), deadline).await.unwrap() {
         RpcOutcome::Replied(body) => assert_eq!(body, b"echo:ping"),

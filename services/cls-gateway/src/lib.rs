@@ -13,10 +13,9 @@ mod routes;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use cls_bus::{RpcClient, Topology};
+use cls_bus::{Link, RpcClient, Topology};
 use cls_runtime::ops::{Ops, probe};
 use cls_runtime::{CancellationToken, ServiceKind, Settings};
-use lapin::Connection;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -36,7 +35,7 @@ pub(crate) struct Metrics {
 
 pub(crate) struct State {
     settings: Settings,
-    amqp: Arc<Connection>,
+    amqp: Link,
     rpc: RpcClient,
     topology: Topology,
     query: query::QueryClient,
@@ -55,10 +54,10 @@ pub struct App {
 
 impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
-        let amqp = Arc::new(cls_bus::connect(&settings.amqp_url, ServiceKind::Gateway.name()).await?);
+        let amqp = Link::open(&settings.amqp_url, ServiceKind::Gateway.name()).await?;
         let topology = Topology::new(settings.namespace.clone());
         topology.declare(&amqp.create_channel().await?).await?;
-        let rpc = RpcClient::open(cls_bus::connect(&settings.amqp_url, "gateway-rpc").await?).await?;
+        let rpc = RpcClient::open(Link::open(&settings.amqp_url, "gateway-rpc").await?).await?;
         let query = query::QueryClient::new(settings.query_url.clone(), settings.internal_token.clone(), settings.reply_timeout);
         let listener = cls_runtime::http::bind(settings.http_addr).await?;
         let ops_listener = cls_runtime::http::bind(settings.ops_addr).await?;
@@ -103,8 +102,8 @@ impl App {
         let cache_state = self.state.clone();
         let ops = Ops::new(Arc::new(self.registry))
             .check("broker", probe(move || {
-                let health = cls_bus::connection_health(&broker_state.amqp);
-                async move { health }
+                let state = broker_state.clone();
+                async move { state.amqp.health().await.and(state.rpc.health().await) }
             }))
             .check_degradable("cache", probe(move || {
                 let state = cache_state.clone();
@@ -124,7 +123,8 @@ impl App {
         )
         .await;
         let _ = ops_task.await;
-        let _ = self.state.amqp.close(200, "shutdown".into()).await;
+        self.state.amqp.close().await;
+        self.state.rpc.close().await;
         self.state.limiter.quit().await;
         tracing::info!("gateway stopped");
         Ok(())

@@ -43,7 +43,7 @@ pub struct App {
     state: Arc<State>,
     listener: TcpListener,
     ops_listener: TcpListener,
-    amqp: Arc<lapin::Connection>,
+    amqp: Arc<cls_bus::Link>,
     topology: Topology,
     registry: Registry,
     projected: Family<Vec<(String, String)>, Counter>,
@@ -54,7 +54,7 @@ impl App {
         let pool = cls_store::pool::connect_now(&settings.database_url, settings.db_pool_size, ServiceKind::Query.name()).await?;
         let read_model = Arc::new(ReadModel::connect(&settings.redis_url, &settings.namespace).await?);
         // The projector's queue is declared here, with its consumer (see cls_bus::topology).
-        let amqp = Arc::new(cls_bus::connect(&settings.amqp_url, ServiceKind::Query.name()).await?);
+        let amqp = Arc::new(cls_bus::Link::open(&settings.amqp_url, ServiceKind::Query.name()).await?);
         let topology = Topology::new(settings.namespace.clone());
         let channel = amqp.create_channel().await?;
         topology.declare(&channel).await?;
@@ -110,8 +110,8 @@ impl App {
                 }
             }))
             .check("broker", probe(move || {
-                let health = cls_bus::connection_health(&amqp);
-                async move { health }
+                let amqp = amqp.clone();
+                async move { amqp.health().await }
             }))
             .ready_when(probe(move || {
                 let ready = if consuming.load(Ordering::Relaxed) { Ok(()) } else { Err("the projector is not consuming yet".to_owned()) };
@@ -130,7 +130,7 @@ impl App {
         .await;
         let _ = projector_task.await;
         let _ = ops_task.await;
-        let _ = self.amqp.close(200, "shutdown".into()).await;
+        self.amqp.close().await;
         self.state.read_model.quit().await;
         self.state.pool.close().await;
         tracing::info!("query service stopped");

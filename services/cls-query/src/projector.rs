@@ -20,7 +20,6 @@ use cls_readmodel::{ReadModel, RefreshError};
 use cls_store::PgPool;
 use cls_store::read_model::{ApiKeySelector, KeySelector};
 use futures_lite::StreamExt;
-use lapin::Connection;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
@@ -73,7 +72,7 @@ pub struct Projector {
 impl Projector {
     /// Consumes until `shutdown`, re-opening the channel whenever it dies; then waits (bounded)
     /// for in-flight events to settle.
-    pub async fn run(self: Arc<Self>, connection: Arc<Connection>, shutdown: CancellationToken, drain: Duration) {
+    pub async fn run(self: Arc<Self>, connection: Arc<cls_bus::Link>, shutdown: CancellationToken, drain: Duration) {
         let permits = Arc::new(Semaphore::new(CONCURRENCY as usize));
         while !shutdown.is_cancelled() {
             if let Err(error) = self.consume_once(&connection, &permits, &shutdown).await {
@@ -91,7 +90,7 @@ impl Projector {
         }
     }
 
-    async fn consume_once(self: &Arc<Self>, connection: &Connection, permits: &Arc<Semaphore>, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    async fn consume_once(self: &Arc<Self>, connection: &cls_bus::Link, permits: &Arc<Semaphore>, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let channel = connection.create_channel().await?;
         channel.basic_qos(CONCURRENCY, BasicQosOptions::default()).await?;
         let mut deliveries = channel

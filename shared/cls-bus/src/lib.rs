@@ -6,11 +6,13 @@
 //! is an error, never a silent drop.
 
 pub mod dlq;
+pub mod link;
 pub mod publisher;
 pub mod rpc;
 pub mod topology;
 
 pub use lapin::{BasicProperties, Channel, Connection};
+pub use link::Link;
 pub use publisher::{PublishError, Publisher};
 pub use rpc::{RpcClient, RpcOutcome};
 pub use topology::Topology;

@@ -22,6 +22,9 @@ pub enum PublishError {
     /// The broker blocked the connection (a memory or disk alarm): nothing was published.
     #[error("the broker blocks publishing: {0}")]
     Blocked(String),
+    /// No connection to the broker could be opened.
+    #[error("cannot connect to the broker: {0}")]
+    Connect(String),
     /// The channel or connection failed.
     #[error("broker error: {0}")]
     Broker(#[from] lapin::Error),

@@ -6,9 +6,10 @@
 //! Replies are at-most-once: a lost reply is a timeout, and the caller answers 202.
 //!
 //! A broker under a resource alarm blocks publishing connections (`connection.blocked`) and a
-//! publish would stall until the alarm clears. The client follows the connection's events and,
-//! while blocked, refuses at once without publishing, so the gateway answers 503 instead of
-//! holding the request for the whole reply timeout.
+//! publish would stall until the alarm clears. The client's [`Link`] follows the connection's
+//! events and, while blocked, the client refuses at once without publishing, so the gateway
+//! answers 503 instead of holding the request for the whole reply timeout. A dead connection
+//! is replaced by the link on the next call.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,6 +19,8 @@ use futures_lite::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
+
+use crate::link::Link;
 use tokio::sync::{RwLock, oneshot};
 use tokio::time::Instant;
 
@@ -37,42 +40,47 @@ pub enum RpcOutcome {
     TimedOut,
 }
 
-/// A request/reply client that re-opens its channel when the channel dies.
+/// A request/reply client that re-opens its channel when the channel dies. Cheap to clone.
+#[derive(Clone)]
 pub struct RpcClient {
-    conn: Connection,
-    channel: RwLock<Channel>,
-    pending: Pending,
-    /// The broker's reason while it blocks this connection.
-    blocked: Arc<Mutex<Option<String>>>,
+    inner: Arc<Inner>,
 }
 
+struct Inner {
+    link: Link,
+    channel: RwLock<Channel>,
+    pending: Pending,
+    /// Requests whose publish was not confirmed, being published again in the background.
+    republishing: std::sync::atomic::AtomicUsize,
+}
+
+/// Requests published again at once, at most; past that an unconfirmed request is logged and
+/// left to the caller's retry (its 202 names the operation, and an idempotency key makes the
+/// retry safe).
+const MAX_REPUBLISHING: usize = 10_000;
+/// How long an unconfirmed request is published again before it is given up.
+const REPUBLISH_FOR: Duration = Duration::from_secs(600);
+
 impl RpcClient {
-    pub async fn open(conn: Connection) -> lapin::Result<Self> {
+    pub async fn open(link: Link) -> anyhow::Result<Self> {
         let pending: Pending = Arc::default();
-        let channel = open_channel(&conn, pending.clone()).await?;
-        let blocked: Arc<Mutex<Option<String>>> = Arc::default();
-        let mut events = conn.events_listener();
-        let flag = blocked.clone();
-        tokio::spawn(async move {
-            while let Some(event) = events.next().await {
-                let now = match event {
-                    lapin::Event::ConnectionBlocked(reason) => Some(if reason.is_empty() { "resource alarm".to_owned() } else { reason }),
-                    lapin::Event::ConnectionUnblocked | lapin::Event::Connected => None,
-                    _ => continue,
-                };
-                match &now {
-                    Some(reason) => tracing::warn!(reason, "the broker blocks publishing; commands answer 503"),
-                    None => tracing::info!("publishing possible"),
-                }
-                *flag.lock().expect("blocked flag poisoned") = now;
-            }
-        });
-        Ok(RpcClient { conn, channel: RwLock::new(channel), pending, blocked })
+        let channel = open_channel(&*link.connection().await?, pending.clone()).await?;
+        let inner = Inner { link, channel: RwLock::new(channel), pending, republishing: Default::default() };
+        Ok(RpcClient { inner: Arc::new(inner) })
     }
 
     /// The broker's reason while it blocks publishing, if it does.
     pub fn blocked(&self) -> Option<String> {
-        self.blocked.lock().expect("blocked flag poisoned").clone()
+        self.inner.link.blocked()
+    }
+
+    /// For `/health/broker`.
+    pub async fn health(&self) -> Result<(), String> {
+        self.inner.link.health().await
+    }
+
+    pub async fn close(&self) {
+        self.inner.link.close().await;
     }
 
     /// Publishes `payload` and waits until `deadline` for the reply.
@@ -89,20 +97,26 @@ impl RpcClient {
         }
         let correlation = uuid::Uuid::now_v7().to_string();
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().expect("rpc map poisoned").insert(correlation.clone(), tx);
-        let _forget = Forget { pending: &self.pending, correlation: &correlation };
+        self.inner.pending.lock().expect("rpc map poisoned").insert(correlation.clone(), tx);
+        let _forget = Forget { pending: &self.inner.pending, correlation: &correlation };
 
         let properties = properties.with_reply_to(REPLY_TO.into()).with_correlation_id(correlation.clone().into());
-        let channel = self.usable_channel().await?;
+        let channel = self.inner.usable_channel().await?;
         let options = BasicPublishOptions { mandatory: true, ..Default::default() };
         // Once basic_publish returns, the frames are queued and may reach the broker whatever
         // happens next: from here on the command is "in flight", never "not queued". An error
         // before that point (or a nack / return) is the only case where it certainly was not.
-        let pending = channel.basic_publish(exchange.into(), routing_key.into(), options, payload, properties).await?;
+        let pending = channel.basic_publish(exchange.into(), routing_key.into(), options, payload, properties.clone()).await?;
         let confirmation = match tokio::time::timeout_at(deadline, pending).await {
-            Ok(confirmation) => confirmation?,
-            // No confirm yet: it may still be routed and run, so the caller must answer 202.
-            Err(_) => return Ok(RpcOutcome::TimedOut),
+            Ok(Ok(confirmation)) => confirmation,
+            // No confirm (yet, or ever: the channel or the broker died with the frames in
+            // flight). It may have been taken, so the caller answers 202; and since it may also
+            // have been lost, it is published again until the broker confirms it. The worker's
+            // inbox makes the second copy (same command id) a no-op if the first one arrived.
+            Ok(Err(_)) | Err(_) => {
+                self.republish(exchange, routing_key, payload, properties);
+                return Ok(RpcOutcome::TimedOut);
+            }
         };
         check(confirmation, routing_key)?;
 
@@ -113,9 +127,60 @@ impl RpcClient {
         }
     }
 
-    /// Whether requests can be published now.
+    /// Whether requests can be published now (re-opening the channel, and the connection under
+    /// it, if they died: a gateway without traffic must not stay unready after a broker restart).
     pub async fn is_open(&self) -> bool {
-        self.channel.read().await.status().connected()
+        self.inner.usable_channel().await.is_ok()
+    }
+
+    /// Publishes an unconfirmed request again, in the background, until the broker confirms it
+    /// (or [`REPUBLISH_FOR`] passes).
+    fn republish(&self, exchange: &str, routing_key: &str, payload: &[u8], properties: BasicProperties) {
+        use std::sync::atomic::Ordering;
+        if self.inner.republishing.fetch_add(1, Ordering::Relaxed) >= MAX_REPUBLISHING {
+            self.inner.republishing.fetch_sub(1, Ordering::Relaxed);
+            tracing::error!(routing_key, "too many unconfirmed requests; not publishing this one again");
+            return;
+        }
+        let (inner, exchange, routing_key, payload) = (self.inner.clone(), exchange.to_owned(), routing_key.to_owned(), payload.to_vec());
+        tokio::spawn(async move {
+            let until = Instant::now() + REPUBLISH_FOR;
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                match inner.publish_confirmed(&exchange, &routing_key, &payload, properties.clone()).await {
+                    Ok(()) => {
+                        tracing::info!(routing_key, "unconfirmed request published again and confirmed");
+                        break;
+                    }
+                    Err(error) if Instant::now() < until => {
+                        tracing::debug!(%error, routing_key, "publishing an unconfirmed request again failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, routing_key, "gave up publishing an unconfirmed request");
+                        break;
+                    }
+                }
+            }
+            inner.republishing.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+impl Inner {
+    /// One confirmed, mandatory publish (10 s bound on the confirm).
+    async fn publish_confirmed(&self, exchange: &str, routing_key: &str, payload: &[u8], properties: BasicProperties) -> Result<(), PublishError> {
+        if let Some(reason) = self.link.blocked() {
+            return Err(PublishError::Blocked(reason));
+        }
+        let channel = self.usable_channel().await?;
+        let options = BasicPublishOptions { mandatory: true, ..Default::default() };
+        let pending = channel.basic_publish(exchange.into(), routing_key.into(), options, payload, properties).await?;
+        let confirmation = tokio::time::timeout(Duration::from_secs(10), pending)
+            .await
+            .map_err(|_| PublishError::Timeout(Duration::from_secs(10)))??;
+        check(confirmation, routing_key)
     }
 
     /// The current channel, or a fresh one if it died (a broker soft error kills a channel and
@@ -129,7 +194,8 @@ impl RpcClient {
         }
         let mut ch = self.channel.write().await;
         if !ch.status().connected() {
-            *ch = open_channel(&self.conn, self.pending.clone()).await?;
+            let conn = self.link.connection().await.map_err(|e| PublishError::Connect(format!("{e:#}")))?;
+            *ch = open_channel(&conn, self.pending.clone()).await?;
             tracing::info!("rpc channel re-opened");
         }
         Ok(ch.clone())

@@ -28,7 +28,8 @@ use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection};
+use cls_bus::Link;
+use lapin::{BasicProperties, Channel};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use sqlx::Acquire;
@@ -191,7 +192,7 @@ pub async fn append_effects(tx: &mut sqlx::PgConnection, cause: &Cause<'_>, even
 impl CommandConsumer {
     /// Consumes until `shutdown`, re-opening the channel whenever it dies; then waits (bounded)
     /// for in-flight commands to finish and ack.
-    pub async fn run(self: Arc<Self>, consume: Arc<Connection>, publish: Arc<Connection>, shutdown: CancellationToken, drain: Duration) {
+    pub async fn run(self: Arc<Self>, consume: Arc<Link>, publish: Arc<Link>, shutdown: CancellationToken, drain: Duration) {
         let permits = Arc::new(Semaphore::new(self.concurrency as usize));
         while !shutdown.is_cancelled() {
             match self.consume_once(&consume, &publish, &permits, &shutdown).await {
@@ -216,14 +217,14 @@ impl CommandConsumer {
 
     async fn consume_once(
         self: &Arc<Self>,
-        consume: &Connection,
-        publish: &Connection,
+        consume: &Link,
+        publish: &Link,
         permits: &Arc<Semaphore>,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
         let channel = consume.create_channel().await?;
         channel.basic_qos(self.concurrency, BasicQosOptions::default()).await?;
-        let replies = publish.create_channel().await?;
+        let mut replies = publish.create_channel().await?;
         let mut deliveries = channel
             .basic_consume(self.queue.clone().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
             .await?;
@@ -238,6 +239,10 @@ impl CommandConsumer {
                     None => anyhow::bail!("the broker cancelled the consumer"),
                 },
             };
+            // The reply channel lives on the publish connection, which may die on its own.
+            if !replies.status().connected() {
+                replies = publish.create_channel().await?;
+            }
             let permit = permits.clone().acquire_owned().await.expect("semaphore never closed");
             let this = self.clone();
             let replies = replies.clone();

@@ -21,7 +21,6 @@ use cls_contracts::read_model::Target;
 use cls_contracts::event::EVENT_SCHEMA_VERSION;
 use cls_store::PgPool;
 use futures_lite::StreamExt;
-use lapin::Connection;
 use lapin::message::Delivery;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -77,7 +76,7 @@ pub struct EventConsumer {
 impl EventConsumer {
     /// Consumes until `shutdown`, re-opening the channel whenever it dies; then waits (bounded)
     /// for in-flight events to finish and ack.
-    pub async fn run(self: Arc<Self>, consume: Arc<Connection>, shutdown: CancellationToken, drain: Duration) {
+    pub async fn run(self: Arc<Self>, consume: Arc<cls_bus::Link>, shutdown: CancellationToken, drain: Duration) {
         let permits = Arc::new(Semaphore::new(self.concurrency as usize));
         while !shutdown.is_cancelled() {
             if let Err(error) = self.consume_once(&consume, &permits, &shutdown).await {
@@ -95,7 +94,7 @@ impl EventConsumer {
         }
     }
 
-    async fn consume_once(self: &Arc<Self>, consume: &Connection, permits: &Arc<Semaphore>, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    async fn consume_once(self: &Arc<Self>, consume: &cls_bus::Link, permits: &Arc<Semaphore>, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let channel = consume.create_channel().await?;
         channel.basic_qos(self.concurrency, BasicQosOptions::default()).await?;
         let mut deliveries = channel

@@ -13,7 +13,7 @@ use cls_bus::{MSGPACK, Publisher, Topology};
 use cls_store::{PgPool, outbox};
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Connection};
+use lapin::BasicProperties;
 use prometheus_client::metrics::counter::Counter;
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +30,7 @@ pub struct Relay {
 
 impl Relay {
     /// Relays until `shutdown`, rebuilding the listener and channel after failures.
-    pub async fn run(self, publish: std::sync::Arc<Connection>, shutdown: CancellationToken) {
+    pub async fn run(self, publish: std::sync::Arc<cls_bus::Link>, shutdown: CancellationToken) {
         let mut listener: Option<PgListener> = None;
         let mut publisher: Option<Publisher> = None;
         while !shutdown.is_cancelled() {
@@ -38,7 +38,11 @@ impl Relay {
                 listener = connect_listener(&self.pool).await;
             }
             if publisher.as_ref().is_none_or(|p| !p.is_open()) {
-                publisher = match Publisher::open(&publish, CONFIRM_TIMEOUT).await {
+                let opened = match publish.connection().await {
+                    Ok(conn) => Publisher::open(&conn, CONFIRM_TIMEOUT).await.map_err(anyhow::Error::from),
+                    Err(error) => Err(error),
+                };
+                publisher = match opened {
                     Ok(p) => Some(p),
                     Err(error) => {
                         tracing::warn!(%error, "relay cannot open a channel");

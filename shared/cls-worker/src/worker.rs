@@ -13,7 +13,7 @@ use cls_runtime::secret::SecretBox;
 use cls_runtime::{CancellationToken, ServiceKind, Settings};
 use cls_readmodel::ReadModel;
 use cls_store::PgPool;
-use lapin::Connection;
+use cls_bus::Link;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
@@ -31,8 +31,8 @@ pub struct Worker {
     module: Module,
     dispatch: Dispatch,
     pool: PgPool,
-    consume: Arc<Connection>,
-    publish: Arc<Connection>,
+    consume: Arc<Link>,
+    publish: Arc<Link>,
     topology: Topology,
     read_model: Arc<ReadModel>,
     ops_listener: TcpListener,
@@ -45,8 +45,8 @@ impl Worker {
         let pool = cls_store::pool::connect_now(&settings.database_url, settings.db_pool_size, kind.name()).await?;
         // Separate connections for consuming and publishing: a broker that blocks publishers
         // (resource alarm) must not stop deliveries and acks.
-        let consume = Arc::new(cls_bus::connect(&settings.amqp_url, &format!("{}-consume", kind.name())).await?);
-        let publish = Arc::new(cls_bus::connect(&settings.amqp_url, &format!("{}-publish", kind.name())).await?);
+        let consume = Arc::new(Link::open(&settings.amqp_url, &format!("{}-consume", kind.name())).await?);
+        let publish = Arc::new(Link::open(&settings.amqp_url, &format!("{}-publish", kind.name())).await?);
         let topology = Topology::new(settings.namespace.clone());
         topology.declare(&consume.create_channel().await?).await?;
         let read_model = Arc::new(ReadModel::connect(&settings.redis_url, &settings.namespace).await?);
@@ -133,8 +133,8 @@ impl Worker {
                 }
             }))
             .check("broker", probe(move || {
-                let (c, p) = (cls_bus::connection_health(&consume), cls_bus::connection_health(&publish));
-                async move { c.and(p) }
+                let (consume, publish) = (consume.clone(), publish.clone());
+                async move { consume.health().await.and(publish.health().await) }
             }))
             .ready_when(probe(move || {
                 let ready = match (consuming.load(Ordering::Relaxed), events_consuming.load(Ordering::Relaxed)) {
@@ -158,8 +158,8 @@ impl Worker {
         let _ = relay_task.await;
         let _ = retention_task.await;
         let _ = ops_task.await;
-        let _ = self.consume.close(200, "shutdown".into()).await;
-        let _ = self.publish.close(200, "shutdown".into()).await;
+        self.consume.close().await;
+        self.publish.close().await;
         self.read_model.quit().await;
         self.pool.close().await;
         tracing::info!(service = self.kind.name(), "worker stopped");
