@@ -27,7 +27,7 @@ async fn brands_worker_sigkilled_during_200_idempotent_creations() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn licenses_worker_sigkilled_during_300_idempotent_provisionings() {
+async fn licenses_worker_sigkilled_during_500_idempotent_provisionings() {
     let c = TestCluster::spawn_with(Options { licenses_workers: 0, reply_timeout: Duration::from_secs(2), ..Default::default() }).await;
     let worker = c.spawn_worker_process("cls-licenses-worker");
     c.wait_ready().await;
@@ -36,13 +36,20 @@ async fn licenses_worker_sigkilled_during_300_idempotent_provisionings() {
     assert_eq!(r.status, StatusCode::CREATED);
 
     let c = Arc::new(c);
-    let requests = (0..300).map(|i| json!({"customer_email": format!("buyer-{i}@shop.io"), "products": [{"code": "pro"}]})).collect();
+    let requests = (0..500).map(|i| json!({"customer_email": format!("buyer-{i}@shop.io"), "products": [{"code": "pro"}]})).collect();
     let count = "SELECT count(*) FROM licenses";
     kill_during(&c, worker, "cls-licenses-worker", &key, "/v1/licenses", requests, count).await;
-    assert_eq!(scalar(&c, count).await, 300, "exactly one license per request");
-    assert_eq!(scalar(&c, "SELECT count(*) FROM license_keys").await, 300);
-    assert_eq!(scalar(&c, "SELECT count(*) FROM outbox WHERE event_type = 'license.provisioned'").await, 300, "no duplicated events");
+    assert_eq!(scalar(&c, count).await, 500, "exactly one license per request");
+    assert_eq!(scalar(&c, "SELECT count(*) FROM license_keys").await, 500);
+    assert_eq!(scalar(&c, "SELECT count(*) FROM outbox WHERE event_type = 'license.provisioned'").await, 500, "no duplicated events");
     assert_eq!(scalar(&c, "SELECT count(DISTINCT event_id) FROM outbox").await, scalar(&c, "SELECT count(*) FROM outbox").await);
+    // Nothing was dead-lettered along the way.
+    let (_conn, ch) = c.amqp().await;
+    for queue in c.topology().dead_letter_queues() {
+        let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+        let depth = ch.queue_declare(queue.clone().into(), passive, Default::default()).await.unwrap().message_count();
+        assert_eq!(depth, 0, "{queue} holds dead letters");
+    }
     Arc::into_inner(c).expect("all clients done").stop().await;
 }
 

@@ -7,6 +7,7 @@ mod brands;
 mod cli;
 mod bus;
 mod commands;
+mod connections;
 mod crash;
 mod dlq;
 mod events;
