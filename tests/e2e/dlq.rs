@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cls_contracts::command::{BrandsCommand, COMMAND_SCHEMA_VERSION, Command, CreateBrand};
+use cls_contracts::command::{BrandsCommand, COMMAND_SCHEMA_VERSION, Command, CreateBrand, CreateProduct};
 use cls_contracts::{CommandEnvelope, Module, Principal};
 use cls_tests::{TestCluster, binary_path, eventually};
 use hyper::StatusCode;
@@ -102,9 +102,33 @@ async fn poison_messages_are_dead_lettered_listed_and_replayed() {
     let r = c.post("/v1/licenses", &[("x-api-key", &key)], &serde_json::json!({"customer_email": "c@d.io", "products": [{"code": "app"}]})).await;
     assert_eq!(r.status, StatusCode::CREATED);
 
+    // A command whose handler always fails (its brand is not the caller's: a fatal error, never
+    // retried): dead-lettered, and its operation reads `failed`.
+    let failing_id = uuid::Uuid::now_v7();
+    let failing = CommandEnvelope {
+        command_id: failing_id.to_string(),
+        schema_version: COMMAND_SCHEMA_VERSION,
+        request_id: "always-fails".into(),
+        principal: Principal::ApiKey { api_key_id: uuid::Uuid::now_v7().to_string(), brand_id: brand_id.clone(), scopes: vec!["licenses:write".into()] },
+        issued_at: cls_contracts::format_time(chrono::Utc::now()),
+        request_hash: "h".into(),
+        command: Command::Brands(BrandsCommand::CreateProduct(CreateProduct {
+            brand_id: uuid::Uuid::now_v7().to_string(),
+            code: "stolen".into(),
+            name: "Stolen".into(),
+            default_seat_limit: None,
+            default_duration_days: None,
+        })),
+    };
+    let props = BasicProperties::default().with_message_id(failing_id.to_string().into());
+    publisher.publish(&exchange, "brands.create_product", &cls_contracts::encode(&failing), props, true).await.unwrap();
+    eventually(Duration::from_secs(10), "the failing command is dead-lettered", || async { depth(&channel, &brands_dlq).await == 1 }).await;
+    let op = c.get(&format!("/v1/operations/{failing_id}"), &[("x-api-key", &key)]).await;
+    assert_eq!(op.json()["status"], "failed", "{:?}", String::from_utf8_lossy(&op.body));
+    assert_eq!(c.post("/v1/products", &[("x-api-key", &key)], &serde_json::json!({"code": "after", "name": "After"})).await.status, StatusCode::CREATED);
+
     // A queue that is not a DLQ of the namespace is refused.
     let (ok, out) = cls(&c, &["dlq", "replay", &topology.command_queue(Module::Brands)]).await;
     assert!(!ok && out.contains("not a dead-letter queue"), "{out}");
-    let _ = brand_id;
     c.stop().await;
 }

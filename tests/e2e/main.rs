@@ -18,5 +18,6 @@ mod lifecycle;
 mod protocol;
 mod read_model;
 mod secrets;
+mod shutdown;
 mod store;
 mod validation;
