@@ -101,7 +101,12 @@ impl RpcClient {
         let _forget = Forget { pending: &self.inner.pending, correlation: &correlation };
 
         let properties = properties.with_reply_to(REPLY_TO.into()).with_correlation_id(correlation.clone().into());
-        let channel = self.inner.usable_channel().await?;
+        // Re-opening a dead channel may reconnect, which a hung broker could stretch to the
+        // connect timeout: bounded by the caller's deadline (nothing was published yet: 503).
+        let channel = match tokio::time::timeout_at(deadline, self.inner.usable_channel()).await {
+            Ok(channel) => channel?,
+            Err(_) => return Err(PublishError::Connect("no usable connection within the reply timeout".to_owned())),
+        };
         let options = BasicPublishOptions { mandatory: true, ..Default::default() };
         // Once basic_publish returns, the frames are queued and may reach the broker whatever
         // happens next: from here on the command is "in flight", never "not queued". An error
