@@ -161,6 +161,14 @@ impl Load {
             total.accepted += t.accepted;
             total.unavailable += t.unavailable;
         }
+        println!(
+            "{} provisionings, {} activations, {} validations; {} answered 202, {} answered 503",
+            total.licenses.len(),
+            total.activations.len(),
+            total.validations,
+            total.accepted,
+            total.unavailable
+        );
         total
     }
 }
@@ -239,5 +247,19 @@ pub async fn verify(c: &TestCluster, tap: &EventTap, tally: &Tally) {
         let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
         let depth = ch.queue_declare(queue.clone().into(), passive, Default::default()).await.unwrap().message_count();
         assert_eq!(depth, 0, "{queue} holds dead letters");
+    }
+}
+
+/// Every in-process service answers `/ready` again (no restart by hand) before `deadline`.
+pub async fn ready_again(c: &TestCluster, deadline: Duration) {
+    for service in ["gateway", "query"] {
+        eventually(deadline, &format!("{service} ready"), || async {
+            let r = c.ops_get(service, "/ready").await;
+            if r.status != StatusCode::OK {
+                println!("{service} /ready: {}", String::from_utf8_lossy(&r.body));
+            }
+            r.status == StatusCode::OK
+        })
+        .await;
     }
 }

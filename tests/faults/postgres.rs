@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cls_tests::TestCluster;
 
-use crate::load::{EventTap, Load, verify};
+use crate::load::{EventTap, Load, ready_again, verify};
 use crate::support::{Restore, restart_postgres, until_ok};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -24,21 +24,7 @@ async fn mixed_load_survives_postgres_restarts() {
         load.progress(100).await;
     }
     let tally = load.finish().await;
-    println!(
-        "{} provisionings, {} activations, {} validations; {} answered 202, {} answered 503",
-        tally.licenses.len(),
-        tally.activations.len(),
-        tally.validations,
-        tally.accepted,
-        tally.unavailable
-    );
     verify(&c, &tap, &tally).await;
-    // Every service is healthy again without a restart by hand.
-    for service in ["gateway", "query"] {
-        cls_tests::eventually(Duration::from_secs(30), &format!("{service} ready"), || async {
-            c.ops_get(service, "/ready").await.status == hyper::StatusCode::OK
-        })
-        .await;
-    }
+    ready_again(&c, Duration::from_secs(30)).await;
     Arc::try_unwrap(c).ok().expect("the cluster is no longer shared").stop().await;
 }

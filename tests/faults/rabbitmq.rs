@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cls_tests::TestCluster;
 
-use crate::load::{EventTap, Load, verify};
+use crate::load::{EventTap, Load, ready_again, verify};
 use crate::support::{Restore, start_rabbitmq_app, stop_rabbitmq_app, until_ok};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -24,24 +24,7 @@ async fn mixed_load_survives_a_rabbitmq_restart() {
     until_ok("RabbitMQ answers", "rabbitmq-diagnostics", &["-q", "check_port_connectivity"]).await;
     load.progress(100).await;
     let tally = load.finish().await;
-    println!(
-        "{} provisionings, {} activations, {} validations; {} answered 202, {} answered 503",
-        tally.licenses.len(),
-        tally.activations.len(),
-        tally.validations,
-        tally.accepted,
-        tally.unavailable
-    );
     verify(&c, &tap, &tally).await;
-    for service in ["gateway", "query"] {
-        cls_tests::eventually(Duration::from_secs(60), &format!("{service} ready"), || async {
-            let r = c.ops_get(service, "/ready").await;
-            if r.status != hyper::StatusCode::OK {
-                println!("{service} /ready: {}", String::from_utf8_lossy(&r.body));
-            }
-            r.status == hyper::StatusCode::OK
-        })
-        .await;
-    }
+    ready_again(&c, Duration::from_secs(60)).await;
     Arc::try_unwrap(c).ok().expect("the cluster is no longer shared").stop().await;
 }

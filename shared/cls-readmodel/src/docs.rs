@@ -6,7 +6,7 @@ use cls_contracts::format_time;
 use cls_contracts::http::{Activation, License};
 use cls_contracts::internal::ResolvedApiKey;
 use cls_contracts::read_model::{ApiKeyDoc, KeyDoc, KeyLicense, LicenseDoc, LiveKey, LiveLicense};
-use cls_store::read_model::{ApiKeySnapshot, KeySnapshot, SnapshotLicense};
+use cls_store::read_model::{ApiKeySelector, ApiKeySnapshot, KeySelector, KeySnapshot, SnapshotLicense};
 use uuid::Uuid;
 
 use crate::keys::Keys;
@@ -115,6 +115,26 @@ pub fn api_key_writes(keys: &Keys, s: &ApiKeySnapshot) -> Vec<Write> {
         Write { key: keys.api_key(&s.key_hash), version: s.version, json: json(&api_key_doc(s)), ttl_ms: 0 },
         Write { key: keys.api_key_marker(s.id), version: s.version, json: String::new(), ttl_ms: 0 },
     ]
+}
+
+/// The writes that bring the read model to a key lookup's result: the key's documents, or a
+/// negative entry where the lookup named a hash or a license that does not exist.
+pub fn for_key(keys: &Keys, snapshot: Option<&KeySnapshot>, selector: KeySelector<'_>, negative_ttl_ms: u64) -> Vec<Write> {
+    match (snapshot, selector) {
+        (Some(s), _) => key_writes(keys, s),
+        (None, KeySelector::Hash(hash)) => vec![negative(keys.key(hash.as_str()), &KeyDoc::Unknown, negative_ttl_ms)],
+        (None, KeySelector::License(id)) => vec![negative(keys.license(id), &LicenseDoc::Unknown, negative_ttl_ms)],
+        (None, KeySelector::Id(_)) => Vec::new(),
+    }
+}
+
+/// The writes that bring the read model to an API-key lookup's result (see [`for_key`]).
+pub fn for_api_key(keys: &Keys, snapshot: Option<&ApiKeySnapshot>, selector: ApiKeySelector<'_>, negative_ttl_ms: u64) -> Vec<Write> {
+    match (snapshot, selector) {
+        (Some(s), _) => api_key_writes(keys, s),
+        (None, ApiKeySelector::Hash(hash)) => vec![negative(keys.api_key(hash.as_str()), &ApiKeyDoc::Unknown, negative_ttl_ms)],
+        (None, ApiKeySelector::Id(_)) => Vec::new(),
+    }
 }
 
 /// A negative entry: version 0, so any real document replaces it; it expires by itself.

@@ -38,6 +38,10 @@ pub use rebuild::Rebuilt;
 /// real document replaces a negative entry at once, so this only bounds memory, not freshness.
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(60);
 
+fn negative_ttl() -> u64 {
+    NEGATIVE_TTL.as_millis() as u64
+}
+
 /// The compare-and-set. KEYS[1] is the epoch, KEYS[2..] the documents; ARGV[1] the epoch the
 /// writer started from, then per document: version, expiry in ms (0 = none), JSON.
 /// Returns -1 if the epoch moved, else how many documents were replaced.
@@ -263,14 +267,7 @@ impl ReadModel {
                 let mut conn = pool.acquire().await.map_err(StoreError::from)?;
                 snapshots::key_snapshot(&mut conn, selector).await?
             };
-            let ttl = NEGATIVE_TTL.as_millis() as u64;
-            let writes = match (&snapshot, selector) {
-                (Some(s), _) => docs::key_writes(&self.keys, s),
-                (None, KeySelector::Hash(hash)) => vec![docs::negative(self.keys.key(hash.as_str()), &KeyDoc::Unknown, ttl)],
-                (None, KeySelector::License(id)) => vec![docs::negative(self.keys.license(id), &LicenseDoc::Unknown, ttl)],
-                (None, KeySelector::Id(_)) => Vec::new(),
-            };
-            self.write(&epoch, &writes).await?;
+            self.write(&epoch, &docs::for_key(&self.keys, snapshot.as_ref(), selector, negative_ttl())).await?;
             Ok(snapshot)
         })
         .await
@@ -283,14 +280,7 @@ impl ReadModel {
                 let mut conn = pool.acquire().await.map_err(StoreError::from)?;
                 snapshots::api_key_snapshot(&mut conn, selector).await?
             };
-            let writes = match (&snapshot, selector) {
-                (Some(s), _) => docs::api_key_writes(&self.keys, s),
-                (None, ApiKeySelector::Hash(hash)) => {
-                    vec![docs::negative(self.keys.api_key(hash.as_str()), &ApiKeyDoc::Unknown, NEGATIVE_TTL.as_millis() as u64)]
-                }
-                (None, ApiKeySelector::Id(_)) => Vec::new(),
-            };
-            self.write(&epoch, &writes).await?;
+            self.write(&epoch, &docs::for_api_key(&self.keys, snapshot.as_ref(), selector, negative_ttl())).await?;
             Ok(snapshot)
         })
         .await
@@ -305,14 +295,7 @@ impl ReadModel {
             snapshots::key_snapshot(&mut conn, selector).await?
         };
         if let Some(epoch) = epoch {
-            let ttl = NEGATIVE_TTL.as_millis() as u64;
-            let writes = match (&snapshot, selector) {
-                (Some(s), _) => docs::key_writes(&self.keys, s),
-                (None, KeySelector::Hash(hash)) => vec![docs::negative(self.keys.key(hash.as_str()), &KeyDoc::Unknown, ttl)],
-                (None, KeySelector::License(id)) => vec![docs::negative(self.keys.license(id), &LicenseDoc::Unknown, ttl)],
-                (None, KeySelector::Id(_)) => Vec::new(),
-            };
-            self.best_effort(&epoch, &writes).await;
+            self.best_effort(&epoch, &docs::for_key(&self.keys, snapshot.as_ref(), selector, negative_ttl())).await;
         }
         Ok(snapshot)
     }
@@ -325,10 +308,7 @@ impl ReadModel {
             snapshots::api_key_snapshot(&mut conn, ApiKeySelector::Hash(hash)).await?
         };
         if let Some(epoch) = epoch {
-            let writes = match &snapshot {
-                Some(s) => docs::api_key_writes(&self.keys, s),
-                None => vec![docs::negative(self.keys.api_key(hash.as_str()), &ApiKeyDoc::Unknown, NEGATIVE_TTL.as_millis() as u64)],
-            };
+            let writes = docs::for_api_key(&self.keys, snapshot.as_ref(), ApiKeySelector::Hash(hash), negative_ttl());
             self.best_effort(&epoch, &writes).await;
         }
         Ok(snapshot)
