@@ -255,7 +255,12 @@ impl TestCluster {
             req = req.header(*k, *v);
         }
         let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).unwrap();
-        let response = self.http.request(req).await.expect("gateway answers");
+        // SPEC §3: never a hang. A request the gateway leaves unanswered fails the test here
+        // instead of holding the whole run.
+        let response = tokio::time::timeout(Duration::from_secs(60), self.http.request(req))
+            .await
+            .unwrap_or_else(|_| panic!("the gateway left a request unanswered for 60 s: {path}"))
+            .expect("gateway answers");
         let status = response.status();
         let headers = response.headers().clone();
         let body = response.into_body().collect().await.expect("body").to_bytes();
