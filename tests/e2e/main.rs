@@ -3,6 +3,7 @@
 //! links once.
 
 mod activations;
+mod asyncapi;
 mod brands;
 mod cli;
 mod bus;
