@@ -4,6 +4,7 @@
 
 mod activations;
 mod asyncapi;
+mod backpressure;
 mod brands;
 mod cli;
 mod bus;
@@ -12,6 +13,7 @@ mod connections;
 mod crash;
 mod dlq;
 mod events;
+mod hardening;
 mod isolation;
 mod licenses;
 mod limits;

@@ -3,9 +3,19 @@
 use std::process::Command;
 use std::time::Duration;
 
-/// Runs a command to completion; panics with its output if it fails.
+/// No service command may hold a test longer than this (coreutils `timeout` kills it).
+const COMMAND_LIMIT: &str = "120";
+
+/// `program args`, killed after [`COMMAND_LIMIT`] seconds.
+fn bounded(program: &str, args: &[&str]) -> Command {
+    let mut command = Command::new("timeout");
+    command.args(["-k", "5", COMMAND_LIMIT, program]).args(args);
+    command
+}
+
+/// Runs a command to completion; panics with its output if it fails or outlives its bound.
 pub fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let out = bounded(program, args).output().unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
     assert!(
         out.status.success(),
         "{program} {args:?} failed: {}{}",
@@ -15,7 +25,7 @@ pub fn run(program: &str, args: &[&str]) {
 }
 
 fn succeeds(program: &str, args: &[&str]) -> bool {
-    Command::new(program).args(args).output().map(|o| o.status.success()).unwrap_or(false)
+    bounded(program, args).output().map(|o| o.status.success()).unwrap_or(false)
 }
 
 /// Polls a command until it succeeds (a service answering again).
@@ -39,8 +49,7 @@ impl Drop for Restore {
 }
 
 pub fn redis_ping() -> bool {
-    Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", "6379", "ping"])
+    bounded("redis-cli", &["-h", "127.0.0.1", "-p", "6379", "ping"])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
         .unwrap_or(false)
@@ -49,7 +58,7 @@ pub fn redis_ping() -> bool {
 /// Stops Redis (it keeps nothing on disk here, so a restart is also a flush).
 pub fn stop_redis() {
     // SHUTDOWN closes the connection before answering, so its exit status means nothing.
-    let _ = Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"]).output();
+    let _ = bounded("redis-cli", &["-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"]).output();
 }
 
 pub fn start_redis() {

@@ -47,6 +47,11 @@ impl Fields {
 }
 
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Invalid> {
+    // serde's derived structs also take a JSON array (fields by position): a body is an object.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        let message = if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() { "must be a JSON object" } else { "is not valid JSON" };
+        return Err(Invalid::Fields(vec![FieldProblem { field: "body".to_owned(), message: message.to_owned() }]));
+    }
     serde_json::from_slice(body).map_err(|e| {
         let message = match e.classify() {
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "is not valid JSON".to_owned(),

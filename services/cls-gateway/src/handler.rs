@@ -18,6 +18,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use lapin::BasicProperties;
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::State;
@@ -37,10 +38,19 @@ const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6c73_2d69_6465_6d70_6f74_6
 #[derive(Debug, Clone, Copy)]
 struct ClientIp(std::net::IpAddr);
 
-pub async fn handle(state: Arc<State>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+/// Every line logged while a request is served carries its id (the `request` span); one line
+/// per request says how it ended: by route name, never the path (a client may put a key where an id
+/// goes), a query string or a header.
+pub async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let request_id = request_id(&req);
+    let span = tracing::info_span!("request", id = %request_id);
+    handle_request(state, req, peer, request_id).instrument(span).await
+}
+
+async fn handle_request(state: Arc<State>, mut req: Request<Incoming>, peer: SocketAddr, request_id: String) -> Response<Body> {
     let started = std::time::Instant::now();
     req.extensions_mut().insert(ClientIp(peer.ip()));
-    let request_id = request_id(&req);
+    let method = req.method().clone();
     let (route_name, mut response) = match Route::resolve(req.method(), req.uri().path()) {
         Ok(route) => (route.name(), dispatch(&state, route, req, &request_id).await),
         Err(Miss::NotFound) => ("unknown", problem(ProblemCode::NotFound, "No such route.", &request_id)),
@@ -54,9 +64,15 @@ pub async fn handle(state: Arc<State>, mut req: Request<Incoming>, peer: SocketA
     response
         .headers_mut()
         .insert("x-request-id", HeaderValue::from_str(&request_id).expect("request ids are visible ASCII"));
-    let labels = vec![("route".to_owned(), route_name.to_owned()), ("status".to_owned(), response.status().as_u16().to_string())];
-    state.metrics.requests.get_or_create(&labels).inc();
-    state.metrics.latency.get_or_create(&vec![("route".to_owned(), route_name.to_owned())]).observe(started.elapsed().as_secs_f64());
+    let elapsed = started.elapsed();
+    state.metrics.http.observe(route_name, response.status().as_u16(), elapsed);
+    tracing::info!(
+        %method,
+        route = route_name,
+        status = response.status().as_u16(),
+        ms = elapsed.as_secs_f64() * 1000.0,
+        "request served"
+    );
     response
 }
 
@@ -288,10 +304,14 @@ async fn command(
         .with_type(routing_key.into())
         .with_content_type(MSGPACK.into())
         .with_delivery_mode(2);
+    let sent = std::time::Instant::now();
     let outcome = state
         .rpc
         .call(&state.topology.commands_exchange(), routing_key, &cls_contracts::encode(&envelope), properties, deadline)
         .await;
+    if let Ok(RpcOutcome::Replied(_)) = outcome {
+        state.metrics.round_trip.get_or_create(&vec![("command".to_owned(), routing_key.to_owned())]).observe(sent.elapsed().as_secs_f64());
+    }
     let response = match outcome {
         Ok(RpcOutcome::Replied(bytes)) => match cls_contracts::decode::<Reply>(&bytes) {
             // Committed, but the worker could not make it visible to reads yet (read-your-writes):

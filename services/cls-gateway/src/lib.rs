@@ -16,9 +16,7 @@ use std::sync::Arc;
 use cls_bus::{Link, RpcClient, Topology};
 use cls_runtime::ops::{Ops, probe};
 use cls_runtime::{CancellationToken, ServiceKind, Settings};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use cls_runtime::metrics::{HttpMetrics, LatencyFamily, latency_family};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
@@ -26,11 +24,10 @@ use tokio::net::TcpListener;
 pub const SERVED_MODULES: &[cls_contracts::Module] =
     &[cls_contracts::Module::Brands, cls_contracts::Module::Licenses, cls_contracts::Module::Activations];
 
-type Labels = Vec<(String, String)>;
-
 pub(crate) struct Metrics {
-    requests: Family<Labels, Counter>,
-    latency: Family<Labels, Histogram, fn() -> Histogram>,
+    http: HttpMetrics,
+    /// From publishing a command to its worker's reply, by command type (replied ones only).
+    round_trip: LatencyFamily,
 }
 
 pub(crate) struct State {
@@ -63,11 +60,10 @@ impl App {
         let ops_listener = cls_runtime::http::bind(settings.ops_addr).await?;
 
         let mut registry = Registry::with_prefix("cls");
-        let requests = Family::<Labels, Counter>::default();
-        registry.register("http_requests", "HTTP requests by route and status", requests.clone());
-        let latency: Family<Labels, Histogram, fn() -> Histogram> =
-            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16)));
-        registry.register("http_request_duration_seconds", "HTTP request latency by route", latency.clone());
+        let http = HttpMetrics::default();
+        http.register(&mut registry);
+        let round_trip = latency_family();
+        registry.register("command_round_trip_seconds", "From publishing a command to the worker's reply, by command type", round_trip.clone());
 
         // Rate-limit buckets live in Redis, shared by every gateway replica (SPEC §3).
         let limiter = ratelimit::Limiter::new(cls_readmodel::connect_redis(&settings.redis_url).await?, &settings.namespace);
@@ -81,7 +77,7 @@ impl App {
             query,
             keys: auth::ApiKeyCache::default(),
             limiter,
-            metrics: Metrics { requests, latency },
+            metrics: Metrics { http, round_trip },
         };
         Ok(App { state: Arc::new(state), registry, listener, ops_listener })
     }

@@ -14,16 +14,18 @@ mod validate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use cls_bus::Topology;
 use cls_readmodel::ReadModel;
 use cls_runtime::ops::{Ops, probe};
+use cls_runtime::metrics::HttpMetrics;
 use cls_runtime::secret::SecretBox;
 use cls_runtime::{CancellationToken, ServiceKind, Settings};
 use cls_store::PgPool;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
@@ -36,6 +38,7 @@ pub(crate) struct State {
     pub read_model: Arc<ReadModel>,
     pub hot: hot::Hot,
     pub secrets: SecretBox,
+    pub http: HttpMetrics,
 }
 
 /// A built query service: `build` connects and binds, `run_until_stopped` serves.
@@ -47,6 +50,7 @@ pub struct App {
     topology: Topology,
     registry: Registry,
     projected: Family<Vec<(String, String)>, Counter>,
+    projector_lag: Gauge<f64, AtomicU64>,
 }
 
 impl App {
@@ -69,9 +73,13 @@ impl App {
         metrics.register(&mut registry);
         let projected = Family::<Vec<(String, String)>, Counter>::default();
         registry.register("projector_events", "Events the projector handled, by event type and outcome", projected.clone());
+        let projector_lag = Gauge::<f64, AtomicU64>::default();
+        registry.register("projector_lag_seconds", "From the last projected event's occurrence to its projection", projector_lag.clone());
+        let http = HttpMetrics::default();
+        http.register(&mut registry);
         let hot = hot::Hot::new(read_model.clone(), pool.clone(), settings.read_fallback_limit, metrics);
-        let state = Arc::new(State { settings, pool, read_model, hot, secrets });
-        Ok(App { state, listener, ops_listener, amqp, topology, registry, projected })
+        let state = Arc::new(State { settings, pool, read_model, hot, secrets, http });
+        Ok(App { state, listener, ops_listener, amqp, topology, registry, projected, projector_lag })
     }
 
     /// The internal address actually bound (port 0 in tests).
@@ -92,6 +100,7 @@ impl App {
             read_model: self.state.read_model.clone(),
             consuming: consuming.clone(),
             outcomes: self.projected.clone(),
+            lag: self.projector_lag.clone(),
         });
         let pool = self.state.pool.clone();
         let read_model = self.state.read_model.clone();

@@ -11,7 +11,7 @@
 //! catches up when they could not (and for changes made by reactions and the sweeper).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use cls_contracts::event::EVENT_SCHEMA_VERSION;
@@ -25,6 +25,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, Bas
 use lapin::types::FieldTable;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -67,6 +68,8 @@ pub struct Projector {
     pub consuming: Arc<AtomicBool>,
     /// Events by type and outcome (`applied`, `ignored`, `dead_lettered`, `requeued`).
     pub outcomes: Family<Vec<(String, String)>, Counter>,
+    /// From an event's `occurred_at` to the projector having applied (or ignored) it.
+    pub lag: Gauge<f64, AtomicU64>,
 }
 
 impl Projector {
@@ -124,6 +127,7 @@ impl Projector {
             Err(error) => return self.dead_letter(delivery, "?", &error.to_string()).await,
         };
         let event_type = envelope.event.event_type();
+        let _lag = LagOnDrop { gauge: &self.lag, occurred_at: cls_contracts::parse_time(&envelope.occurred_at) };
         let refresh = match refresh_for(&envelope.event) {
             Ok(Some(r)) => r,
             Ok(None) => {
@@ -174,6 +178,20 @@ impl Projector {
         self.outcomes
             .get_or_create(&vec![("event".to_owned(), event_type.to_owned()), ("outcome".to_owned(), outcome.to_owned())])
             .inc();
+    }
+}
+
+/// Sets the projector lag when an event's handling ends, whichever way it ends.
+struct LagOnDrop<'a> {
+    gauge: &'a Gauge<f64, AtomicU64>,
+    occurred_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Drop for LagOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(at) = self.occurred_at {
+            self.gauge.set((chrono::Utc::now() - at).as_seconds_f64().max(0.0));
+        }
     }
 }
 

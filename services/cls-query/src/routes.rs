@@ -13,6 +13,7 @@ use cls_store::{audit, brands, licenses, views};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::State;
@@ -22,6 +23,8 @@ use crate::operations::{self, Lookup};
 
 type Reply = Result<Response<Body>, Problem>;
 
+/// Every line logged while a request is served carries the gateway's request id (the `request`
+/// span); the gateway logs the request itself, so the line here is at debug level.
 pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let request_id = req
         .headers()
@@ -29,14 +32,40 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .unwrap_or_else(|| Uuid::now_v7().to_string());
-    let mut response = match route(&state, req, &request_id).await {
-        Ok(r) => r,
-        Err(problem) => problem_response(&problem),
-    };
-    if let Ok(v) = request_id.parse() {
-        response.headers_mut().insert("x-request-id", v);
+    let span = tracing::info_span!("request", id = %request_id);
+    async move {
+        let started = std::time::Instant::now();
+        let method = req.method().clone();
+        let template = path_template(req.uri().path());
+        let mut response = match route(&state, req, &request_id).await {
+            Ok(r) => r,
+            Err(problem) => problem_response(&problem),
+        };
+        if let Ok(v) = request_id.parse() {
+            response.headers_mut().insert("x-request-id", v);
+        }
+        let status = response.status().as_u16();
+        // Without the internal credential the path is anyone's input: keep it out of the labels.
+        let route = if status == 401 { "unauthenticated" } else { template.as_str() };
+        let elapsed = started.elapsed();
+        state.http.observe(route, status, elapsed);
+        tracing::debug!(%method, route, status, ms = elapsed.as_secs_f64() * 1000.0, "request served");
+        response
     }
-    response
+    .instrument(span)
+    .await
+}
+
+/// The path with the id after a collection name replaced by `{id}`: a label from a closed set.
+fn path_template(path: &str) -> String {
+    let mut previous = "";
+    let mut template = String::with_capacity(path.len());
+    for segment in path.trim_start_matches('/').split('/') {
+        template.push('/');
+        template.push_str(if matches!(previous, "licenses" | "operations" | "brands") { "{id}" } else { segment });
+        previous = segment;
+    }
+    template
 }
 
 async fn route(state: &State, req: Request<Incoming>, request_id: &str) -> Reply {

@@ -60,15 +60,25 @@ fn describe(delivery: &lapin::message::Delivery) -> DeadLetter {
 pub async fn depths(conn: &Connection, topology: &Topology) -> lapin::Result<Vec<Depth>> {
     let mut out = Vec::new();
     for queue in topology.dead_letter_queues() {
-        // A passive declare of a missing queue closes the channel: one channel per queue.
-        let channel = conn.create_channel().await?;
-        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-        if let Ok(q) = channel.queue_declare(queue.clone().into(), passive, FieldTable::default()).await {
-            out.push(Depth { queue, messages: q.message_count() });
-            let _ = channel.close(200, "done".into()).await;
+        if let Some(messages) = depth(conn, &queue).await? {
+            out.push(Depth { queue, messages });
         }
     }
     Ok(out)
+}
+
+/// How many messages a queue holds; `None` if it does not exist.
+pub async fn depth(conn: &Connection, queue: &str) -> lapin::Result<Option<u32>> {
+    // A passive declare of a missing queue closes the channel: one channel per queue.
+    let channel = conn.create_channel().await?;
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    match channel.queue_declare(queue.into(), passive, FieldTable::default()).await {
+        Ok(q) => {
+            let _ = channel.close(200, "done".into()).await;
+            Ok(Some(q.message_count()))
+        }
+        Err(_) => Ok(None),
+    }
 }
 
 /// Up to `limit` messages of a dead-letter queue, left in place.

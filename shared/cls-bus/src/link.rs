@@ -86,9 +86,14 @@ impl Link {
         Ok(fresh)
     }
 
-    /// A new channel on the open connection.
+    /// A new channel on the open connection (failing after [`CONNECT_TIMEOUT`]: a broker that
+    /// stopped answering must not hold a consumer's supervisor forever).
     pub async fn create_channel(&self) -> anyhow::Result<Channel> {
-        Ok(self.connection().await?.create_channel().await?)
+        let conn = self.connection().await?;
+        match tokio::time::timeout(CONNECT_TIMEOUT, conn.create_channel()).await {
+            Ok(channel) => Ok(channel?),
+            Err(_) => anyhow::bail!("RabbitMQ did not open a channel within {CONNECT_TIMEOUT:?}"),
+        }
     }
 
     /// For `/health/broker`: the connection is open, or could be opened again now (a link
@@ -102,7 +107,8 @@ impl Link {
         self.blocked.lock().expect("blocked flag poisoned").clone()
     }
 
+    /// Closes the connection, waiting for the broker's close-ok at most [`CONNECT_TIMEOUT`].
     pub async fn close(&self) {
-        let _ = self.current().close(200, "shutdown".into()).await;
+        let _ = tokio::time::timeout(CONNECT_TIMEOUT, self.current().close(200, "shutdown".into())).await;
     }
 }

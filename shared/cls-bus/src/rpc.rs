@@ -60,6 +60,8 @@ struct Inner {
 const MAX_REPUBLISHING: usize = 10_000;
 /// How long an unconfirmed request is published again before it is given up.
 const REPUBLISH_FOR: Duration = Duration::from_secs(600);
+/// The bound on one republish attempt.
+const REPUBLISH_ATTEMPT: Duration = Duration::from_secs(10);
 
 impl RpcClient {
     pub async fn open(link: Link) -> anyhow::Result<Self> {
@@ -111,7 +113,16 @@ impl RpcClient {
         // Once basic_publish returns, the frames are queued and may reach the broker whatever
         // happens next: from here on the command is "in flight", never "not queued". An error
         // before that point (or a nack / return) is the only case where it certainly was not.
-        let pending = channel.basic_publish(exchange.into(), routing_key.into(), options, payload, properties.clone()).await?;
+        // The publish itself can stall (a broker that stopped reading the socket): bounded too,
+        // and a publish cut short by the deadline may still have gone out, like an unconfirmed one.
+        let publish = channel.basic_publish(exchange.into(), routing_key.into(), options, payload, properties.clone());
+        let pending = match tokio::time::timeout_at(deadline, publish).await {
+            Ok(pending) => pending?,
+            Err(_) => {
+                self.republish(exchange, routing_key, payload, properties);
+                return Ok(RpcOutcome::TimedOut);
+            }
+        };
         let confirmation = match tokio::time::timeout_at(deadline, pending).await {
             Ok(Ok(confirmation)) => confirmation,
             // No confirm (yet, or ever: the channel or the broker died with the frames in
@@ -174,18 +185,19 @@ impl RpcClient {
 }
 
 impl Inner {
-    /// One confirmed, mandatory publish (10 s bound on the confirm).
+    /// One confirmed, mandatory publish, all of it (channel, publish, confirm) within
+    /// [`REPUBLISH_ATTEMPT`]: a republish loop stuck on one attempt would never retry.
     async fn publish_confirmed(&self, exchange: &str, routing_key: &str, payload: &[u8], properties: BasicProperties) -> Result<(), PublishError> {
         if let Some(reason) = self.link.blocked() {
             return Err(PublishError::Blocked(reason));
         }
-        let channel = self.usable_channel().await?;
-        let options = BasicPublishOptions { mandatory: true, ..Default::default() };
-        let pending = channel.basic_publish(exchange.into(), routing_key.into(), options, payload, properties).await?;
-        let confirmation = tokio::time::timeout(Duration::from_secs(10), pending)
-            .await
-            .map_err(|_| PublishError::Timeout(Duration::from_secs(10)))??;
-        check(confirmation, routing_key)
+        let attempt = async {
+            let channel = self.usable_channel().await?;
+            let options = BasicPublishOptions { mandatory: true, ..Default::default() };
+            let pending = channel.basic_publish(exchange.into(), routing_key.into(), options, payload, properties).await?;
+            check(pending.await?, routing_key)
+        };
+        tokio::time::timeout(REPUBLISH_ATTEMPT, attempt).await.map_err(|_| PublishError::Timeout(REPUBLISH_ATTEMPT))?
     }
 
     /// The current channel, or a fresh one if it died (a broker soft error kills a channel and

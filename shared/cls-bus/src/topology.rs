@@ -28,7 +28,7 @@ pub const MAX_QUEUE_LENGTH: i64 = 100_000;
 const LICENSE_EVENTS_BINDINGS: &[&str] = &["license.cancelled"];
 
 /// The dead-letter queue of a consumed queue.
-fn dead_letter_queue_of(queue: &str) -> String {
+pub fn dead_letter_queue_of(queue: &str) -> String {
     format!("{queue}.dlq")
 }
 

@@ -126,7 +126,8 @@ pub struct ActivateRequest {
     pub instance_id: String,
     #[serde(default)]
     pub instance_name: Option<String>,
-    #[serde(default)]
+    /// Free-form, but an object repeating a key is refused ([`crate::strict_json`]).
+    #[serde(default, deserialize_with = "crate::strict_json::optional")]
     pub metadata: Option<serde_json::Value>,
 }
 

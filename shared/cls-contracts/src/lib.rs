@@ -18,6 +18,7 @@ pub mod http;
 pub mod internal;
 pub mod problem;
 pub mod read_model;
+pub mod strict_json;
 
 pub use command::{CommandEnvelope, Module, Principal, Reply};
 pub use event::{Event, EventEnvelope};

@@ -1,9 +1,11 @@
 //! What every CLS process needs around its own work: typed [`settings`] loaded once,
 //! [`telemetry`] (tracing), [`shutdown`] on SIGINT/SIGTERM, an HTTP accept loop with graceful
-//! shutdown ([`http`]), the per-service [`ops`] listener (health, readiness, metrics), and
+//! shutdown ([`http`]) and its [`metrics`], the per-service [`ops`] listener (health, readiness,
+//! metrics), and
 //! [`secret`] sealing of secrets kept in stored outcomes.
 
 pub mod http;
+pub mod metrics;
 pub mod ops;
 pub mod secret;
 pub mod settings;

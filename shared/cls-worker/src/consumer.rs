@@ -54,6 +54,8 @@ pub struct CommandConsumer {
     pub concurrency: u16,
     pub consuming: Arc<AtomicBool>,
     pub outcomes: Family<Vec<(String, String)>, Counter>,
+    /// From the delivery decoded to the reply decided (transaction, retries, read-your-writes).
+    pub handling: cls_runtime::metrics::LatencyFamily,
     pub read_model: Arc<ReadModel>,
 }
 
@@ -298,10 +300,15 @@ impl CommandConsumer {
                 return self.dead_letter(command_id, &envelope, &why).await;
             }
 
+            let started = std::time::Instant::now();
             match with_retries(shutdown, || self.transact(command_id, &envelope)).await {
                 Ok((reply, targets)) => {
                     self.count(command_type, if reply.replayed { "replayed" } else { "handled" });
-                    (Settle::Ack, Some(self.visible(reply, &targets).await))
+                    let reply = self.visible(reply, &targets).await;
+                    self.handling
+                        .get_or_create(&vec![("command".to_owned(), command_type.to_owned())])
+                        .observe(started.elapsed().as_secs_f64());
+                    (Settle::Ack, Some(reply))
                 }
                 Err(GaveUp::Transient) => {
                     self.count(command_type, "requeued");

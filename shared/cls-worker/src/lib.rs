@@ -16,6 +16,7 @@
 pub mod command;
 pub mod consumer;
 pub mod events;
+mod gauges;
 pub mod relay;
 pub mod retention;
 pub mod visibility;

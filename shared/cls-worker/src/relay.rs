@@ -91,6 +91,10 @@ impl Relay {
         }
         let exchange = self.topology.events_exchange();
         let channel = publisher.channel();
+        // One deadline for the whole batch (publishes and confirms), well inside
+        // idle_in_transaction_session_timeout, so a stalled broker cannot keep this transaction
+        // (and its row locks) open.
+        let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
         let mut confirms = Vec::with_capacity(rows.len());
         for row in &rows {
             let mut headers = FieldTable::default();
@@ -106,20 +110,22 @@ impl Relay {
                 properties = properties.with_correlation_id(c.clone().into());
             }
             // Not mandatory: an event nobody subscribed to yet is not an error.
-            let confirm = channel
-                .basic_publish(exchange.clone().into(), row.event_type.clone().into(), BasicPublishOptions::default(), &row.payload, properties)
-                .await;
+            let publish = channel.basic_publish(
+                exchange.clone().into(),
+                row.event_type.clone().into(),
+                BasicPublishOptions::default(),
+                &row.payload,
+                properties,
+            );
+            let confirm = tokio::time::timeout_at(deadline, publish).await.ok().and_then(Result::ok);
             confirms.push((row.id, confirm));
         }
-        // One deadline for the whole batch, well inside idle_in_transaction_session_timeout, so a
-        // stalled broker cannot keep this transaction (and its row locks) open.
-        let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
         let mut published = Vec::new();
         let mut failed = Vec::new();
         for (id, confirm) in confirms {
             let ok = match confirm {
-                Ok(pending) => matches!(tokio::time::timeout_at(deadline, pending).await, Ok(Ok(c)) if c.is_ack()),
-                Err(_) => false,
+                Some(pending) => matches!(tokio::time::timeout_at(deadline, pending).await, Ok(Ok(c)) if c.is_ack()),
+                None => false,
             };
             if ok { published.push(id) } else { failed.push(id) }
         }

@@ -89,6 +89,12 @@ impl Worker {
         registry.register("outbox_published", "Events published from the outbox", published.clone());
         let reactions = Family::<Vec<(String, String)>, Counter>::default();
         registry.register("events_consumed", "Events consumed from the module's subscriber queue, by event type and outcome", reactions.clone());
+        let handling = cls_runtime::metrics::latency_family();
+        registry.register("command_handling_seconds", "From a command's delivery to its reply, by command type", handling.clone());
+        let mut watched_queues = vec![self.topology.dead_letter_queue(self.module)];
+        watched_queues.extend(self.events.iter().map(|(queue, _)| cls_bus::topology::dead_letter_queue_of(queue)));
+        let gauges = crate::gauges::Gauges::new(watched_queues);
+        gauges.register(&mut registry);
 
         let consuming = Arc::new(AtomicBool::new(false));
         let consumer = Arc::new(CommandConsumer {
@@ -100,6 +106,7 @@ impl Worker {
             concurrency: self.settings.worker_concurrency,
             consuming: consuming.clone(),
             outcomes,
+            handling,
             read_model: self.read_model.clone(),
         });
         let relay = Relay { pool: self.pool.clone(), topology: self.topology.clone(), published };
@@ -150,6 +157,7 @@ impl Worker {
         let ops_task = tokio::spawn(ops.serve(self.ops_listener, shutdown.clone()));
         let relay_task = tokio::spawn(relay.run(self.publish.clone(), shutdown.clone()));
         let retention_task = tokio::spawn(crate::retention::run(self.pool.clone(), shutdown.clone()));
+        let gauges_task = tokio::spawn(gauges.run(self.pool.clone(), self.consume.clone(), shutdown.clone()));
         let events_task = event_consumer.map(|c| tokio::spawn(c.run(self.consume.clone(), shutdown.clone(), drain)));
         consumer.run(self.consume.clone(), self.publish.clone(), shutdown.clone(), drain).await;
         if let Some(task) = events_task {
@@ -157,6 +165,7 @@ impl Worker {
         }
         let _ = relay_task.await;
         let _ = retention_task.await;
+        let _ = gauges_task.await;
         let _ = ops_task.await;
         self.consume.close().await;
         self.publish.close().await;
