@@ -554,6 +554,12 @@ fn check_logs(outcome: &Outcome, files: &[PathBuf], format: &str, dir: &std::pat
     let seen = outcome.request_ids.iter().filter(|id| all.contains(id.as_str())).count();
     assert!(seen >= 10, "the logs name only {seen} of the run's {} request ids (in {})", outcome.request_ids.len(), dir.display());
     assert!(all.contains("SIGTERM"), "the logs show the SIGTERM stop");
+    // Every request is logged once served, with its request id (the gateway at info, the query
+    // service at debug), in either format.
+    let served: Vec<&String> = lines.iter().filter(|l| l.contains("request served")).collect();
+    for id in &outcome.request_ids {
+        assert!(served.iter().any(|l| l.contains(id.as_str())), "no `request served` line names request {id} (in {})", dir.display());
+    }
     if format == "json" {
         let json_lines = lines.iter().filter(|l| l.starts_with('{')).count();
         assert!(json_lines > 100, "JSON log lines: {json_lines}");

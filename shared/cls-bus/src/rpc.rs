@@ -212,7 +212,10 @@ impl Inner {
         let mut ch = self.channel.write().await;
         if !ch.status().connected() {
             let conn = self.link.connection().await.map_err(|e| PublishError::Connect(format!("{e:#}")))?;
-            *ch = open_channel(&conn, self.pending.clone()).await?;
+            // Bounded: the write lock is held meanwhile, and every caller waits on it.
+            *ch = tokio::time::timeout(crate::CONNECT_TIMEOUT, open_channel(&conn, self.pending.clone()))
+                .await
+                .map_err(|_| PublishError::Connect("RabbitMQ did not open a channel in time".to_owned()))??;
             tracing::info!("rpc channel re-opened");
         }
         Ok(ch.clone())
