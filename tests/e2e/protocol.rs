@@ -1,6 +1,8 @@
 //! HTTP conventions of SPEC §3: problem+json, request ids, 404 / 405 / 413 / 415 / 400.
 
-use cls_tests::{ADMIN_TOKEN, TestCluster};
+use std::time::Duration;
+
+use cls_tests::{ADMIN_TOKEN, TestCluster, eventually};
 use hyper::{Method, StatusCode};
 use serde_json::json;
 
@@ -96,6 +98,27 @@ async fn every_service_has_an_ops_listener() {
     assert!(worker.contains("cls_commands_total{command=\"brands.create_brand\",outcome=\"handled\"} 1"), "{worker}");
     let gateway = String::from_utf8_lossy(&c.ops_get("gateway", "/metrics").await.body).into_owned();
     assert!(gateway.contains("route=\"create_brand\""), "{gateway}");
+    assert!(gateway.contains("cls_command_round_trip_seconds_count{command=\"brands.create_brand\"} 1"), "{gateway}");
+    assert!(worker.contains("cls_command_handling_seconds_count{command=\"brands.create_brand\"} 1"), "{worker}");
+    // The query service counts the reads the gateway forwarded, by path template.
+    c.admin_get("/v1/admin/brands").await;
+    let query = String::from_utf8_lossy(&c.ops_get("query", "/metrics").await.body).into_owned();
+    assert!(query.contains("cls_http_requests_total{route=\"/v1/admin/brands\",status=\"200\"} 1"), "{query}");
+    // Sampled gauges: the brand's event leaves the outbox (lag back to 0) and reaches the
+    // projector (its lag is set); the worker's dead-letter queue is watched and empty.
+    let dlq = format!("cls_dlq_depth{{queue=\"{}\"}}", c.topology().dead_letter_queue(cls_tests::Module::Brands));
+    eventually(Duration::from_secs(30), "the worker samples its gauges", || async {
+        let worker = String::from_utf8_lossy(&c.ops_get("brands-worker", "/metrics").await.body).into_owned();
+        worker.contains(&format!("{dlq} 0")) && worker.contains("cls_outbox_lag_seconds 0.0")
+    })
+    .await;
+    eventually(Duration::from_secs(30), "the projector reports its lag", || async {
+        c.metric("query", "cls_projector_events_total").await > 0.0
+            || String::from_utf8_lossy(&c.ops_get("query", "/metrics").await.body).contains("cls_projector_events_total{")
+    })
+    .await;
+    let query = String::from_utf8_lossy(&c.ops_get("query", "/metrics").await.body).into_owned();
+    assert!(query.lines().any(|l| l.starts_with("cls_projector_lag_seconds ") && l != "cls_projector_lag_seconds 0.0"), "{query}");
     c.stop().await;
 }
 
