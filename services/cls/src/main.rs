@@ -7,6 +7,7 @@
 //! hands typed values to one function per subcommand.
 
 mod admin;
+mod bench;
 mod dlq;
 mod http;
 mod setup;
@@ -59,6 +60,9 @@ enum Command {
     /// Inspect and replay dead-lettered messages (uses CLS_AMQP_URL, CLS_NAMESPACE).
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Load a running cluster and report throughput, latency, errors and memory, against
+    /// hyper + Redis and RabbitMQ request/reply references measured in the same run.
+    Bench(Box<bench::BenchArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -179,6 +183,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             setup::declare_topology(&url, &namespace).await
         }
         Command::Up(args) => run_up(args).await,
+        Command::Bench(args) => bench::run(*args).await,
         Command::Brand(BrandCommand::Create(args)) => run_brand_create(args).await,
         Command::Dlq(command) => {
             cls_runtime::telemetry::init(log_format());

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Smoke run of `cls bench` (issue 8): does the benchmark run, and does it report every scenario?
+#
+# Starts a private cluster with `cls up` (its own namespace, database and ports, so it runs beside
+# anything else on the machine), runs every scenario and reference briefly at concurrency 4, and
+# fails if the benchmark fails or a scenario is missing or answered nothing. It asserts no timing:
+# figures belong in docs/benchmarks.md, measured on a release build.
+#
+# Usage: bash scripts/bench-smoke.sh            (binaries from ./target/debug: cargo build --bins)
+#        CLS_BIN_DIR=target/release bash scripts/bench-smoke.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bin=${CLS_BIN_DIR:-./target/debug}
+for b in cls cls-gateway cls-query cls-brands-worker cls-licenses-worker cls-activations-worker; do
+  [ -x "$bin/$b" ] || { echo "bench-smoke: $bin/$b is missing: run cargo build --bins first" >&2; exit 1; }
+done
+
+suffix=$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')
+ns="bsmoke$suffix"
+work=$(mktemp -d)
+
+# A free port: one nobody listens on now (ports stay unbound until the cluster takes them, so
+# this only fails if another process grabs one in between).
+listening() { ss -Htln | awk '{print $4}' | sed 's/.*://' ; }
+free_ports() { # N consecutive free ports in 20000-59999; prints the first
+  local n=$1 base used
+  used=$(listening)
+  for _ in $(seq 50); do
+    base=$(( 20000 + (RANDOM * 32768 + RANDOM) % 40000 ))
+    if ! seq "$base" $((base + n - 1)) | grep -qxF -f <(printf '%s\n' $used); then echo "$base"; return; fi
+  done
+  echo "bench-smoke: no free ports" >&2; exit 1
+}
+http_port=$(free_ports 2)
+ops_base=$(free_ports 20)
+
+export CLS_NAMESPACE="$ns"
+export CLS_DATABASE_URL="postgres://postgres@127.0.0.1:5432/cls_$ns"
+export CLS_HTTP_ADDR="127.0.0.1:$http_port"
+export CLS_QUERY_ADDR="127.0.0.1:$((http_port + 1))"
+export CLS_ADMIN_TOKEN="bench-smoke-admin-$suffix"
+# The benchmark sends far more than the default per-IP and per-key limits allow from one
+# address: keep the limiter running, with limits it never reaches.
+export CLS_RATE_IP=10000000 CLS_RATE_LICENSE_KEY=10000000 CLS_RATE_API_KEY=10000000
+export CLS_LOG=${CLS_LOG:-warn}
+
+up_pid=
+cleanup() {
+  local status=$?
+  if [ -n "$up_pid" ] && kill -0 "$up_pid" 2>/dev/null; then
+    kill -TERM "$up_pid" 2>/dev/null || true
+    for _ in $(seq 150); do kill -0 "$up_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$up_pid" 2>/dev/null || true
+  fi
+  # The cluster's database, queues and Redis keys (exchanges are left: they hold nothing).
+  psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS \"cls_$ns\" WITH (FORCE)" >/dev/null 2>&1 || true
+  if command -v rabbitmqctl >/dev/null; then
+    rabbitmqctl list_queues -q --no-table-headers name 2>/dev/null | grep "^$ns\." \
+      | xargs -r -P 4 -I{} rabbitmqctl delete_queue -q {} >/dev/null 2>&1 || true
+  fi
+  if command -v redis-cli >/dev/null; then
+    redis-cli --scan --pattern "$ns:*" 2>/dev/null | xargs -r -n 200 redis-cli del >/dev/null 2>&1 || true
+  fi
+  if [ "$status" -ne 0 ] && [ -s "$work/up.log" ]; then
+    echo "--- cls up log (last 40 lines) ---" >&2; tail -n 40 "$work/up.log" >&2
+  fi
+  rm -rf "$work"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+started=$(date +%s)
+echo "bench-smoke: cls up in namespace $ns on 127.0.0.1:$http_port (ops from $ops_base)"
+"$bin/cls" up --ops-base-port "$ops_base" >"$work/up.log" 2>&1 &
+up_pid=$!
+for _ in $(seq 600); do
+  if ! kill -0 "$up_pid" 2>/dev/null; then echo "bench-smoke: cls up exited" >&2; exit 1; fi
+  grep -q "CLS is ready" "$work/up.log" && break
+  sleep 0.2
+done
+grep -q "CLS is ready" "$work/up.log" || { echo "bench-smoke: the cluster was not ready within 120 s" >&2; exit 1; }
+
+echo "bench-smoke: cls bench --scenario all --duration 2s --warmup 1s --concurrency 4"
+"$bin/cls" bench --url "http://$CLS_HTTP_ADDR" --scenario all --duration 2s --warmup 1s --concurrency 4 \
+  --keys 20 --activation-keys 8 --query-metrics "http://127.0.0.1:$((ops_base + 1))/metrics" --json >"$work/bench.json"
+
+# Every scenario and reference reported, each answered something, and memory was read.
+python3 - "$work/bench.json" <<'EOF'
+import json, sys
+report = json.load(open(sys.argv[1]))
+runs = {r["scenario"]: r for r in report["runs"]}
+missing = [s for s in ("ref-redis", "validate", "mixed", "ref-rabbitmq", "activate", "provision") if s not in runs]
+silent = [s for s, r in runs.items() if r["requests"] == 0]
+for r in report["runs"]:
+    print(f'  {r["scenario"]:<13} @{r["concurrency"]:<3} {r["throughput"]:>8.0f} req/s  p50 {r["latency_ms"]["p50"]:.2f} ms  '
+          f'p99 {r["latency_ms"]["p99"]:.2f} ms  answers {r["outcomes"]}')
+print(f'  memory of {len(report["memory"])} processes ({report["processes_found_by"]})')
+problems = []
+if missing: problems.append(f"missing scenarios: {missing}")
+if silent: problems.append(f"scenarios without a single answer: {silent}")
+if not report["memory"]: problems.append("no process memory reported")
+if problems:
+    print("bench-smoke: FAILED: " + "; ".join(problems), file=sys.stderr)
+    sys.exit(1)
+EOF
+echo "bench-smoke: ok ($(( $(date +%s) - started )) s)"
