@@ -11,6 +11,7 @@ mod bench;
 mod dlq;
 mod http;
 mod setup;
+mod transfer;
 mod up;
 
 use std::net::SocketAddr;
@@ -63,6 +64,12 @@ enum Command {
     /// Load a running cluster and report throughput, latency, errors and memory, against
     /// hyper + Redis and RabbitMQ request/reply references measured in the same run.
     Bench(Box<bench::BenchArgs>),
+    /// Import licenses from a CSV file through the public API (brands migrating from another
+    /// licensing system). Safe to re-run: rows already imported are not imported twice. Exit
+    /// status: 0 every row imported, 2 some rows rejected (see the rejects file), 1 fatal error.
+    Import(transfer::ImportArgs),
+    /// Export every license of the brand as CSV (the license keys themselves cannot be exported).
+    Export(transfer::ExportArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -184,6 +191,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Up(args) => run_up(args).await,
         Command::Bench(args) => bench::run(*args).await,
+        Command::Import(args) => transfer::import::run(args, env("CLS_HTTP_ADDR")).await,
+        Command::Export(args) => transfer::export::run(args, env("CLS_HTTP_ADDR")).await,
         Command::Brand(BrandCommand::Create(args)) => run_brand_create(args).await,
         Command::Dlq(command) => {
             cls_runtime::telemetry::init(log_format());
