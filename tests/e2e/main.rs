@@ -13,6 +13,7 @@ mod connections;
 mod crash;
 mod dlq;
 mod events;
+mod import_export;
 mod hardening;
 mod isolation;
 mod licenses;
