@@ -28,7 +28,7 @@ impl Counts {
 
     fn line(&self) -> String {
         format!(
-            "imported {}, already imported {}, rejected {}",
+            "imported {}, already {}, rejected {}",
             self.imported.load(Ordering::Relaxed),
             self.already.load(Ordering::Relaxed),
             self.rejected.load(Ordering::Relaxed)
@@ -48,7 +48,7 @@ impl Progress {
     pub fn start(total: u64, counts: Arc<Counts>) -> Progress {
         if std::io::stderr().is_terminal() {
             let bar = ProgressBar::new(total);
-            let style = ProgressStyle::with_template("{bar:40.cyan/blue} {pos}/{len} rows  {msg}  [{elapsed_precise}, eta {eta}]")
+            let style = ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} rows  {msg}  eta {eta}")
                 .expect("a valid template")
                 .progress_chars("=> ");
             bar.set_style(style);
