@@ -108,6 +108,17 @@ impl Api {
         &self.base_url
     }
 
+    /// The first request of a run (a read): a connection error fails at once, so a wrong
+    /// `--url` is reported now rather than after the retry budget; a 429 or 503 is retried
+    /// like any call.
+    pub async fn first_contact(&self, path: &str) -> anyhow::Result<Reply> {
+        let raw = self.exchange(Method::GET, path, None, None).await?;
+        if next(raw.status, &raw.headers, 0) == Next::Done {
+            return Ok(Reply { status: raw.status, body: serde_json::from_slice(&raw.body).unwrap_or(Value::Null), replayed: false });
+        }
+        self.call(Method::GET, path, None, None).await.map_err(|r| anyhow::anyhow!("{}: {}", r.code, r.detail))
+    }
+
     /// Sends one request until it has a definite answer, following a 202 to its outcome.
     /// `Err` only when the server could not be reached or kept refusing past the retry budget:
     /// the error is then the row's reason (`UNAVAILABLE`, `PENDING`, ...).

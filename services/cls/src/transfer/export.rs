@@ -53,8 +53,30 @@ pub async fn run(args: ExportArgs, http_addr: Option<String>) -> anyhow::Result<
         None => Box::new(std::io::stdout().lock()),
     };
     let mut writer = csv::Writer::from_writer(std::io::BufWriter::new(sink));
-    writer.write_record(COLUMNS)?;
+    let written = write_pages(&api, &mut writer).await;
+    drop(writer);
+    let count = match written {
+        Ok(count) => count,
+        Err(error) => {
+            if let Some(tmp) = &tmp {
+                let _ = std::fs::remove_file(tmp);
+            }
+            return Err(error);
+        }
+    };
+    match (&tmp, &args.output) {
+        (Some(tmp), Some(path)) => {
+            std::fs::rename(tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+            eprintln!("Exported {count} licenses to {}.", path.display());
+        }
+        _ => eprintln!("Exported {count} licenses."),
+    }
+    Ok(())
+}
 
+/// Writes the header and every page; answers the number of licenses written.
+async fn write_pages<W: Write>(api: &Api, writer: &mut csv::Writer<W>) -> anyhow::Result<u64> {
+    writer.write_record(COLUMNS)?;
     let mut cursor: Option<String> = None;
     let mut count = 0u64;
     loop {
@@ -63,9 +85,13 @@ pub async fn run(args: ExportArgs, http_addr: Option<String>) -> anyhow::Result<
             path.push_str("&cursor=");
             path.push_str(&encode(cursor));
         }
-        let reply = api.call(Method::GET, &path, None, None).await.map_err(|r| {
-            anyhow::anyhow!("cannot read the licenses from {} after {count} ({}: {})", api.base_url(), r.code, r.detail)
-        })?;
+        let reply = if cursor.is_none() {
+            api.first_contact(&path).await.map_err(|e| anyhow::anyhow!("cannot reach the gateway at {} ({e:#}); is it running? (--url)", api.base_url()))?
+        } else {
+            api.call(Method::GET, &path, None, None).await.map_err(|r| {
+                anyhow::anyhow!("cannot read the licenses from {} after {count} ({}: {})", api.base_url(), r.code, r.detail)
+            })?
+        };
         if reply.status != StatusCode::OK {
             let reject = reply.reject();
             bail!("the gateway at {} answered {}: {}: {}", api.base_url(), reply.status, reject.code, reject.detail);
@@ -81,15 +107,7 @@ pub async fn run(args: ExportArgs, http_addr: Option<String>) -> anyhow::Result<
         }
     }
     writer.flush()?;
-    drop(writer);
-    match (&tmp, &args.output) {
-        (Some(tmp), Some(path)) => {
-            std::fs::rename(tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
-            eprintln!("Exported {count} licenses to {}.", path.display());
-        }
-        _ => eprintln!("Exported {count} licenses."),
-    }
-    Ok(())
+    Ok(count)
 }
 
 /// One license as a CSV record, in [`COLUMNS`] order.

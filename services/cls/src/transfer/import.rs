@@ -196,9 +196,9 @@ fn read(path: &Path) -> anyhow::Result<(Header, Vec<Line>)> {
 /// filling the rejects file with the same reason.
 async fn preflight(api: &Api) -> anyhow::Result<()> {
     let reply = api
-        .call(Method::GET, "/v1/products?limit=1", None, None)
+        .first_contact("/v1/products?limit=1")
         .await
-        .map_err(|r| anyhow::anyhow!("cannot reach the gateway at {} ({}: {}); is it running? (--url)", api.base_url(), r.code, r.detail))?;
+        .map_err(|e| anyhow::anyhow!("cannot reach the gateway at {} ({e:#}); is it running? (--url)", api.base_url()))?;
     if reply.status != StatusCode::OK {
         let Reject { code, detail } = reply.reject();
         bail!("the gateway at {} refused the API key: {code}: {detail}", api.base_url());
