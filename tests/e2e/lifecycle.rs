@@ -299,3 +299,30 @@ async fn another_brands_licenses_keys_and_activations_answer_404() {
     assert_eq!(mine["activations"].as_array().unwrap().len(), 1);
     c.stop().await;
 }
+
+/// Times travel as RFC 3339 with four-digit years: an expiry outside the years 0001-9999 (in UTC)
+/// is a 400, never a dead-lettered command or a license whose read model can no longer be written.
+#[tokio::test]
+async fn an_expiry_outside_the_years_1_to_9999_is_refused() {
+    let c = TestCluster::spawn().await;
+    let key = setup(&c, "far", "FA").await;
+    let beyond = "9999-12-31T23:30:00-01:00";
+    // Year 0 too: PostgreSQL writes it as `0001 BC`, which no reader parses back.
+    for expires_at in [beyond, "0000-06-01T00:00:00Z"] {
+        let r = c.post("/v1/licenses", &[("x-api-key", &key)], &json!({"customer_email": "far@life.io", "products": [{"code": "pro", "expires_at": expires_at}]})).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{expires_at}: {:?}", r.json());
+        assert_eq!(r.json()["errors"][0]["field"], "products[0].expires_at");
+    }
+
+    let r = c.post("/v1/licenses", &[("x-api-key", &key)], &json!({"customer_email": "far@life.io", "products": [{"code": "pro", "expires_at": "9990-01-01T00:00:00Z"}]})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
+    let l = r.json()["licenses"][0].clone();
+    for (body, field) in [(json!({"expires_at": beyond}), "expires_at"), (json!({"extend_days": 36500}), "extend_days")] {
+        let r = act(&c, &key, &l, "renew", body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.json());
+        assert_eq!(r.json()["errors"][0]["field"], field);
+    }
+    let renewed = ok(act(&c, &key, &l, "renew", json!({"extend_days": 30})).await, "valid", "a representable renewal");
+    assert_eq!(renewed["expires_at"], "9990-01-31T00:00:00.000000Z");
+    c.stop().await;
+}

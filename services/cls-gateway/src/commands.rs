@@ -16,6 +16,7 @@ use cls_domain::{
     ApiKeyName, Email, InstanceId, LicenseKey, BrandName, BrandSlug, DEFAULT_DURATION_DAYS, DEFAULT_SEAT_LIMIT, DurationDays, FieldError, KeyPrefix, ProductCode,
     ProductName, Scopes, SeatLimit,
 };
+use chrono::Datelike;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
@@ -151,10 +152,10 @@ pub fn provision(brand_id: &str, body: &[u8]) -> Result<Command, Invalid> {
         let expires_at = match &item.expires_at {
             None => Some(Setting::Default),
             Some(None) => Some(Setting::None),
-            Some(Some(s)) => match cls_contracts::parse_time(s) {
-                Some(t) => Some(Setting::Value(cls_contracts::format_time(t))),
+            Some(Some(s)) => match utc_time(s) {
+                Some(t) => Some(Setting::Value(t)),
                 None => {
-                    f.0.push(FieldProblem { field: format!("products[{i}].expires_at"), message: "must be an RFC 3339 time".into() });
+                    f.0.push(FieldProblem { field: format!("products[{i}].expires_at"), message: TIME_RULE.into() });
                     None
                 }
             },
@@ -185,6 +186,17 @@ pub fn provision(brand_id: &str, body: &[u8]) -> Result<Command, Invalid> {
     })
 }
 
+/// What a time field must be.
+const TIME_RULE: &str = "must be an RFC 3339 time in the years 0001-9999 (UTC)";
+
+/// An RFC 3339 time in the UTC form every message carries, within the years 0001-9999: a later
+/// year has no RFC 3339 form and PostgreSQL writes year 0 as `0001 BC`, so answers, events and
+/// the read model could not carry either.
+fn utc_time(s: &str) -> Option<String> {
+    let t = cls_contracts::parse_time(s).filter(|t| (1..=9999).contains(&t.year()))?;
+    Some(cls_contracts::format_time(t))
+}
+
 /// Longest free-text reason kept on a suspension or cancellation.
 const MAX_REASON_CHARS: usize = 500;
 /// Largest activation metadata object (SPEC §3).
@@ -213,10 +225,10 @@ pub fn renew(brand_id: &str, id: &str, body: &[u8]) -> Result<Command, Invalid> 
     let req: RenewRequest = parse_json(body)?;
     let mut f = Fields::default();
     let (expires_at, extend_days) = match (&req.expires_at, req.extend_days) {
-        (Some(at), None) => match cls_contracts::parse_time(at) {
-            Some(t) => (Some(cls_contracts::format_time(t)), None),
+        (Some(at), None) => match utc_time(at) {
+            Some(t) => (Some(t), None),
             None => {
-                f.0.push(FieldProblem { field: "expires_at".into(), message: "must be an RFC 3339 time".into() });
+                f.0.push(FieldProblem { field: "expires_at".into(), message: TIME_RULE.into() });
                 (None, None)
             }
         },

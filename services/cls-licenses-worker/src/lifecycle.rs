@@ -3,7 +3,7 @@
 //! license's effective status; a change bumps the version, writes an audit entry and emits an
 //! event carrying the license's whole new state.
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Datelike, TimeDelta, Utc};
 use cls_contracts::command::{Cancel, ChangeSeats, Renew, Resume, RotateKey, Suspend, TransferKey};
 use cls_contracts::event::{self, Event};
 use cls_contracts::{ProblemCode, format_time, http};
@@ -116,6 +116,11 @@ pub async fn renew(conn: &mut PgConnection, ctx: &CommandContext, c: &Renew) -> 
     };
     if new_expiry <= ctx.now {
         return Err(HandleError::invalid("expires_at", "the new expiry must be in the future"));
+    }
+    // Times travel as RFC 3339, whose years have four digits: a later expiry could be stored
+    // but never read back (answers, events and the read model).
+    if new_expiry.year() > 9999 {
+        return Err(HandleError::invalid("extend_days", "the new expiry must be before the year 10000"));
     }
     // Renewing a suspended license changes its expiry only; an expired one becomes valid.
     let new_status = if status == Suspended { Suspended } else { Valid };
