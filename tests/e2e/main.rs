@@ -19,6 +19,7 @@ mod isolation;
 mod licenses;
 mod limits;
 mod lifecycle;
+mod openapi;
 mod protocol;
 mod read_model;
 mod secrets;

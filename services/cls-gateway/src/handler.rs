@@ -27,6 +27,8 @@ use crate::commands::{self, Invalid};
 use crate::ratelimit::{Bucket, Verdict};
 use crate::routes::{Access, Miss, Route};
 
+/// The OpenAPI document of the public API, served at `GET /openapi.json`.
+const OPENAPI_JSON: &str = include_str!("../../../docs/openapi.json");
 /// SPEC §3: request bodies over 64 KiB are refused.
 const BODY_LIMIT: usize = 64 * 1024;
 /// How much of an oversized body is read and discarded so the client can read the 413.
@@ -151,6 +153,7 @@ async fn serve(state: &State, route: Route, req: Request<Incoming>, principal: O
             Ok(()) => cls_runtime::http::json(StatusCode::OK, r#"{"status":"ready"}"#),
             Err(reason) => with_retry_after(problem(ProblemCode::Unavailable, &reason, request_id)),
         },
+        Route::OpenApi => cls_runtime::http::json(StatusCode::OK, OPENAPI_JSON),
         Route::ListBrands
         | Route::ListApiKeys { .. }
         | Route::ListProducts

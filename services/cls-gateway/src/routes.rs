@@ -8,6 +8,7 @@ use hyper::Method;
 pub enum Route {
     Health,
     Ready,
+    OpenApi,
     CreateBrand,
     ListBrands,
     CreateApiKey { brand_id: String },
@@ -54,50 +55,61 @@ pub enum Miss {
     MethodNotAllowed(&'static [Method]),
 }
 
+/// One entry of the route table: the method, the path template (`{name}` stands for the one
+/// path parameter a route may have, kept as text) and how to build the route from it.
+pub type Entry = (Method, &'static str, fn(String) -> Route);
+
+/// The route table: every public route, once. `docs/openapi.json` documents exactly these
+/// methods and templates (the e2e test `openapi` holds the two together). A path takes the first
+/// template it fits, so a literal segment listed before a parameter wins
+/// (`/v1/activations/deactivate` is not an activation id).
+pub static ROUTES: &[Entry] = &[
+    (Method::GET, "/health", |_| Route::Health),
+    (Method::GET, "/ready", |_| Route::Ready),
+    (Method::GET, "/openapi.json", |_| Route::OpenApi),
+    (Method::GET, "/v1/admin/brands", |_| Route::ListBrands),
+    (Method::POST, "/v1/admin/brands", |_| Route::CreateBrand),
+    (Method::GET, "/v1/admin/brands/{brand_id}/api-keys", |brand_id| Route::ListApiKeys { brand_id }),
+    (Method::POST, "/v1/admin/brands/{brand_id}/api-keys", |brand_id| Route::CreateApiKey { brand_id }),
+    (Method::DELETE, "/v1/admin/api-keys/{api_key_id}", |api_key_id| Route::RevokeApiKey { api_key_id }),
+    (Method::GET, "/v1/products", |_| Route::ListProducts),
+    (Method::POST, "/v1/products", |_| Route::CreateProduct),
+    (Method::GET, "/v1/operations/{operation_id}", |id| Route::GetOperation { id }),
+    (Method::GET, "/v1/licenses", |_| Route::ListLicenses),
+    (Method::POST, "/v1/licenses", |_| Route::Provision),
+    (Method::GET, "/v1/licenses/{license_id}", |id| Route::GetLicense { id }),
+    (Method::GET, "/v1/licenses/{license_id}/history", |id| Route::LicenseHistory { id }),
+    (Method::POST, "/v1/licenses/{license_id}/renew", |id| Route::Renew { id }),
+    (Method::POST, "/v1/licenses/{license_id}/suspend", |id| Route::Suspend { id }),
+    (Method::POST, "/v1/licenses/{license_id}/resume", |id| Route::Resume { id }),
+    (Method::POST, "/v1/licenses/{license_id}/cancel", |id| Route::Cancel { id }),
+    (Method::POST, "/v1/licenses/{license_id}/seats", |id| Route::ChangeSeats { id }),
+    (Method::POST, "/v1/license-keys/{license_key_id}/rotate", |id| Route::RotateKey { id }),
+    (Method::POST, "/v1/license-keys/{license_key_id}/transfer", |id| Route::TransferKey { id }),
+    (Method::POST, "/v1/activations", |_| Route::Activate),
+    (Method::POST, "/v1/activations/deactivate", |_| Route::Deactivate),
+    (Method::DELETE, "/v1/activations/{activation_id}", |id| Route::ReleaseActivation { id }),
+    (Method::POST, "/v1/license-keys/lookup", |_| Route::LookupKey),
+    (Method::POST, "/v1/license-keys/validate", |_| Route::Validate),
+    (Method::GET, "/v1/ecosystem/licenses", |_| Route::EcosystemLicenses),
+];
+
 impl Route {
-    /// Matches a request line; a known path with another method is a 405.
+    /// Matches a request line against [`ROUTES`]; a known path with another method is a 405.
     pub fn resolve(method: &Method, path: &str) -> Result<Route, Miss> {
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let owned = |s: &str| s.to_owned();
-        let candidates: Vec<(Method, Route)> = match segments.as_slice() {
-            ["health"] => vec![(Method::GET, Route::Health)],
-            ["ready"] => vec![(Method::GET, Route::Ready)],
-            ["v1", "admin", "brands"] => vec![(Method::POST, Route::CreateBrand), (Method::GET, Route::ListBrands)],
-            ["v1", "admin", "brands", id, "api-keys"] => vec![
-                (Method::POST, Route::CreateApiKey { brand_id: owned(id) }),
-                (Method::GET, Route::ListApiKeys { brand_id: owned(id) }),
-            ],
-            ["v1", "admin", "api-keys", id] => vec![(Method::DELETE, Route::RevokeApiKey { api_key_id: owned(id) })],
-            ["v1", "products"] => vec![(Method::POST, Route::CreateProduct), (Method::GET, Route::ListProducts)],
-            ["v1", "operations", id] => vec![(Method::GET, Route::GetOperation { id: owned(id) })],
-            ["v1", "licenses"] => vec![(Method::POST, Route::Provision), (Method::GET, Route::ListLicenses)],
-            ["v1", "licenses", id] => vec![(Method::GET, Route::GetLicense { id: owned(id) })],
-            ["v1", "licenses", id, "history"] => vec![(Method::GET, Route::LicenseHistory { id: owned(id) })],
-            ["v1", "licenses", id, "renew"] => vec![(Method::POST, Route::Renew { id: owned(id) })],
-            ["v1", "licenses", id, "suspend"] => vec![(Method::POST, Route::Suspend { id: owned(id) })],
-            ["v1", "licenses", id, "resume"] => vec![(Method::POST, Route::Resume { id: owned(id) })],
-            ["v1", "licenses", id, "cancel"] => vec![(Method::POST, Route::Cancel { id: owned(id) })],
-            ["v1", "licenses", id, "seats"] => vec![(Method::POST, Route::ChangeSeats { id: owned(id) })],
-            ["v1", "license-keys", id, "rotate"] => vec![(Method::POST, Route::RotateKey { id: owned(id) })],
-            ["v1", "license-keys", id, "transfer"] => vec![(Method::POST, Route::TransferKey { id: owned(id) })],
-            ["v1", "activations"] => vec![(Method::POST, Route::Activate)],
-            ["v1", "activations", "deactivate"] => vec![(Method::POST, Route::Deactivate)],
-            ["v1", "activations", id] => vec![(Method::DELETE, Route::ReleaseActivation { id: owned(id) })],
-            ["v1", "license-keys", "lookup"] => vec![(Method::POST, Route::LookupKey)],
-            ["v1", "license-keys", "validate"] => vec![(Method::POST, Route::Validate)],
-            ["v1", "ecosystem", "licenses"] => vec![(Method::GET, Route::EcosystemLicenses)],
-            _ => return Err(Miss::NotFound),
-        };
-        let allowed: Vec<&Method> = candidates.iter().map(|(m, _)| m).collect();
-        match candidates.iter().find(|(m, _)| m == method) {
-            Some((_, route)) => Ok(route.clone()),
-            None => Err(Miss::MethodNotAllowed(leak_methods(&allowed))),
+        let (template, param) =
+            ROUTES.iter().find_map(|(_, template, _)| fits(template, &segments).map(|param| (*template, param))).ok_or(Miss::NotFound)?;
+        let entries = || ROUTES.iter().filter(move |(_, t, _)| *t == template);
+        match entries().find(|(m, _, _)| m == method) {
+            Some((_, _, build)) => Ok(build(param.to_owned())),
+            None => Err(Miss::MethodNotAllowed(leak_methods(&entries().map(|(m, _, _)| m).collect::<Vec<_>>()))),
         }
     }
 
     pub fn access(&self) -> Access {
         match self {
-            Route::Health | Route::Ready => Access::Public,
+            Route::Health | Route::Ready | Route::OpenApi => Access::Public,
             Route::CreateBrand | Route::ListBrands | Route::CreateApiKey { .. } | Route::ListApiKeys { .. } | Route::RevokeApiKey { .. } => {
                 Access::Admin
             }
@@ -125,6 +137,7 @@ impl Route {
         match self {
             Route::Health => "health",
             Route::Ready => "ready",
+            Route::OpenApi => "openapi",
             Route::CreateBrand => "create_brand",
             Route::ListBrands => "list_brands",
             Route::CreateApiKey { .. } => "create_api_key",
@@ -152,6 +165,23 @@ impl Route {
             Route::Validate => "validate",
         }
     }
+}
+
+/// The path parameter (empty when the template has none) if `segments` fit `template`.
+fn fits<'a>(template: &str, segments: &[&'a str]) -> Option<&'a str> {
+    let parts = template.trim_start_matches('/').split('/');
+    if parts.clone().count() != segments.len() {
+        return None;
+    }
+    let mut param = "";
+    for (part, segment) in parts.zip(segments) {
+        if part.starts_with('{') {
+            param = segment;
+        } else if part != *segment {
+            return None;
+        }
+    }
+    Some(param)
 }
 
 /// The `Allow` sets are few and fixed; map them to statics instead of allocating per request.
@@ -182,5 +212,32 @@ mod tests {
         assert_eq!(Route::resolve(&Method::GET, "/v1/nope"), Err(Miss::NotFound));
         assert!(matches!(Route::resolve(&Method::PUT, "/v1/products"), Err(Miss::MethodNotAllowed(_))));
         assert!(matches!(Route::resolve(&Method::POST, "/v1/admin/api-keys/x"), Err(Miss::MethodNotAllowed(m)) if m == [Method::DELETE]));
+        assert_eq!(Route::resolve(&Method::POST, "/v1/activations/deactivate"), Ok(Route::Deactivate));
+        assert!(matches!(Route::resolve(&Method::DELETE, "/v1/activations/deactivate"), Err(Miss::MethodNotAllowed(_))));
+        assert_eq!(Route::resolve(&Method::GET, "/v1/licenses/a/b"), Err(Miss::NotFound));
+    }
+
+    /// Each entry is reachable (no earlier template shadows it), is listed once, and every other
+    /// method on its path is a 405 that names exactly the path's methods.
+    #[test]
+    fn every_entry_of_the_table_resolves_to_its_route() {
+        let id = "0190a000-0000-7000-8000-000000000001";
+        for (i, (method, template, build)) in ROUTES.iter().enumerate() {
+            assert!(!ROUTES[..i].iter().any(|(m, t, _)| m == method && t == template), "{method} {template} is listed twice");
+            let path: Vec<&str> = template.split('/').map(|part| if part.starts_with('{') { id } else { part }).collect();
+            let path = path.join("/");
+            let param = if template.contains('{') { id } else { "" };
+            assert_eq!(Route::resolve(method, &path), Ok(build(param.to_owned())), "{method} {template}");
+            let methods: Vec<&Method> = ROUTES.iter().filter(|(_, t, _)| t == template).map(|(m, _, _)| m).collect();
+            for other in [Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
+                if methods.contains(&&other) {
+                    continue;
+                }
+                let Err(Miss::MethodNotAllowed(allowed)) = Route::resolve(&other, &path) else {
+                    panic!("{other} {template} should be a 405");
+                };
+                assert!(allowed.len() == methods.len() && methods.iter().all(|m| allowed.contains(m)), "Allow of {template}: {allowed:?}");
+            }
+        }
     }
 }
