@@ -24,6 +24,7 @@ step() {
 step cargo nextest run --workspace --no-fail-fast -E 'not binary(faults)' "$@"
 export CLS_SKIP_BUILD=1
 step bash scripts/python-subscriber.sh
+step bash scripts/schemathesis.sh
 step bash scripts/bench-smoke.sh
 step bash scripts/check-compose.sh
 step cargo nextest run -p cls-tests --test faults --no-fail-fast --test-threads 1 "$@"

@@ -52,6 +52,7 @@ async fn write(c: &TestCluster, path: &str, headers: &[(&str, &str)], body: &Val
                     if o.status != StatusCode::OK {
                         // 503 while a dependency restarts; 404 cannot happen for a registered 202.
                         assert_eq!(o.status, StatusCode::SERVICE_UNAVAILABLE, "{operation}: {:?}", String::from_utf8_lossy(&o.body));
+                        assert!(o.header("retry-after").is_some(), "a read's 503 carries Retry-After too");
                         return false;
                     }
                     let o = o.json();

@@ -385,7 +385,8 @@ fn passthrough(answer: crate::query::Answer) -> Response<Body> {
     if let Some(ct) = answer.content_type {
         r.headers_mut().insert(header::CONTENT_TYPE, ct);
     }
-    r
+    // SPEC §3: every 503 says when to retry, also one the query service answered.
+    if answer.status == StatusCode::SERVICE_UNAVAILABLE { with_retry_after(r) } else { r }
 }
 
 /// `POST /v1/license-keys/lookup`: the pasted key is hashed here, so only its hash reaches the
