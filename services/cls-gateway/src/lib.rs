@@ -8,7 +8,8 @@ mod commands;
 mod handler;
 mod query;
 mod ratelimit;
-mod routes;
+/// Public so tests can check the table against the OpenAPI document and the isolation matrix.
+pub mod routes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
