@@ -1,19 +1,28 @@
 #!/usr/bin/env bash
-# Smoke run of `cls bench` (issue 8): does the benchmark run, and does it report every scenario?
+# `cls bench` (issue 8) on a private cluster: a smoke run for CI, or the full benchmark.
 #
-# Starts a private cluster with `cls up` (its own namespace, database and ports, so it runs beside
-# anything else on the machine), runs every scenario and reference briefly at concurrency 4, and
-# fails if the benchmark fails or a scenario is missing or answered nothing. It asserts no timing:
-# figures belong in docs/benchmarks.md, measured on a release build.
+# Starts a cluster with `cls up` in its own namespace, database and ports (so it runs beside
+# anything else on the machine), runs the benchmark against it, and tears everything down.
 #
-# Usage: bash scripts/bench-smoke.sh            (binaries from ./target/debug: cargo build --bins)
-#        CLS_BIN_DIR=target/release bash scripts/bench-smoke.sh
+#   bash scripts/bench-smoke.sh          smoke: every scenario and reference for 2 s at
+#                                        concurrency 4 (debug binaries: cargo build --bins); fails
+#                                        if the benchmark fails or a scenario is missing or answered
+#                                        nothing. It asserts no timing.
+#   bash scripts/bench-smoke.sh --full [cls bench options]
+#                                        the figures of docs/benchmarks.md: release binaries
+#                                        (cargo build --release --bins), `cls bench --concurrency 1,64`
+#                                        (10 s measured per run), the table on stdout and the JSON in
+#                                        target/bench/latest.json. Extra options go to `cls bench`.
+#
+# CLS_BIN_DIR overrides where the binaries are.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bin=${CLS_BIN_DIR:-./target/debug}
+full=
+if [ "${1:-}" = "--full" ]; then full=1; shift; fi
+if [ -n "$full" ]; then bin=${CLS_BIN_DIR:-./target/release}; else bin=${CLS_BIN_DIR:-./target/debug}; fi
 for b in cls cls-gateway cls-query cls-brands-worker cls-licenses-worker cls-activations-worker; do
-  [ -x "$bin/$b" ] || { echo "bench-smoke: $bin/$b is missing: run cargo build --bins first" >&2; exit 1; }
+  [ -x "$bin/$b" ] || { echo "bench-smoke: $bin/$b is missing: build first (cargo build --bins; --release for --full)" >&2; exit 1; }
 done
 
 suffix=$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')
@@ -81,6 +90,15 @@ for _ in $(seq 600); do
   sleep 0.2
 done
 grep -q "CLS is ready" "$work/up.log" || { echo "bench-smoke: the cluster was not ready within 120 s" >&2; exit 1; }
+
+if [ -n "$full" ]; then
+  mkdir -p target/bench
+  echo "bench-smoke: cls bench --concurrency 1,64 $*"
+  "$bin/cls" bench --url "http://$CLS_HTTP_ADDR" --concurrency 1,64 \
+    --query-metrics "http://127.0.0.1:$((ops_base + 1))/metrics" --json-out target/bench/latest.json "$@"
+  echo "bench-smoke: JSON in target/bench/latest.json ($(( $(date +%s) - started )) s)"
+  exit 0
+fi
 
 echo "bench-smoke: cls bench --scenario all --duration 2s --warmup 1s --concurrency 4"
 "$bin/cls" bench --url "http://$CLS_HTTP_ADDR" --scenario all --duration 2s --warmup 1s --concurrency 4 \

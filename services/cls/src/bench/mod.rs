@@ -101,6 +101,9 @@ pub struct BenchArgs {
     /// Print one JSON document instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also write the JSON document to this file (the table still goes to stdout).
+    #[arg(long, value_name = "FILE")]
+    json_out: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -276,8 +279,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         load_seconds,
         targets,
     };
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.json_out {
+        std::fs::write(path, format!("{json}\n")).with_context(|| format!("cannot write {}", path.display()))?;
+    }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{json}");
     } else {
         print!("{}", report::text(&report));
     }
