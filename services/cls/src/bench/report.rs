@@ -190,7 +190,9 @@ pub fn judge(runs: &[Run], memory: &[Memory], load_seconds: f64) -> Vec<Target> 
 pub fn text(report: &Report) -> String {
     let mut out = String::new();
     let mode = match report.rate {
-        Some(rate) => format!("open loop at {rate} requests/s (latency from each request's due time)"),
+        Some(rate) => format!(
+            "open loop at {rate} requests/s (latency from each request's due time; every run sends the same rate, so compare latencies, not req/s)"
+        ),
         None => "closed loop".to_owned(),
     };
     let _ = writeln!(
@@ -216,8 +218,12 @@ pub fn text(report: &Report) -> String {
             (Some(reference), Some(ratio)) => format!("{:.0} % of {reference}", ratio * 100.0),
             _ => String::new(),
         };
-        let errors = if run.unsent > 0 { format!("{}+{} unsent", run.errors, run.unsent) } else { run.errors.to_string() };
-        row(&mut out, &run.scenario, run.concurrency.to_string(), format!("{:.0}", run.throughput), &run.latency_ms, errors, versus, &run.outcomes);
+        // Requests the open loop never sent show beside the answers (they are not answers).
+        let mut outcomes = run.outcomes.clone();
+        if run.unsent > 0 {
+            outcomes.insert("unsent".to_owned(), run.unsent);
+        }
+        row(&mut out, &run.scenario, run.concurrency.to_string(), format!("{:.0}", run.throughput), &run.latency_ms, run.errors.to_string(), versus, &outcomes);
         for (kind, k) in &run.kinds {
             let per_s = k.requests as f64 / report.duration_s;
             row(&mut out, &format!("  {kind}"), String::new(), format!("{per_s:.0}"), &k.latency_ms, errors_of(&k.outcomes), String::new(), &k.outcomes);
