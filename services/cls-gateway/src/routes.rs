@@ -168,20 +168,20 @@ impl Route {
 }
 
 /// The path parameter (empty when the template has none) if `segments` fit `template`.
+/// One pass over the template, stopping at the first segment that differs (this runs for every
+/// entry tried on every request).
 fn fits<'a>(template: &str, segments: &[&'a str]) -> Option<&'a str> {
-    let parts = template.trim_start_matches('/').split('/');
-    if parts.clone().count() != segments.len() {
-        return None;
-    }
+    let mut parts = template.trim_start_matches('/').split('/');
     let mut param = "";
-    for (part, segment) in parts.zip(segments) {
+    for segment in segments {
+        let part = parts.next()?;
         if part.starts_with('{') {
             param = segment;
         } else if part != *segment {
             return None;
         }
     }
-    Some(param)
+    parts.next().is_none().then_some(param)
 }
 
 /// The `Allow` sets are few and fixed; map them to statics instead of allocating per request.

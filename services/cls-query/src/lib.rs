@@ -20,7 +20,7 @@ use cls_bus::Topology;
 use cls_readmodel::ReadModel;
 use cls_runtime::ops::{Ops, probe};
 use cls_runtime::metrics::HttpMetrics;
-use cls_runtime::secret::SecretBox;
+use cls_runtime::secret::{SecretBox, SecretDigest};
 use cls_runtime::{CancellationToken, ServiceKind, Settings};
 use cls_store::PgPool;
 use prometheus_client::metrics::counter::Counter;
@@ -39,6 +39,8 @@ pub(crate) struct State {
     pub hot: hot::Hot,
     pub secrets: SecretBox,
     pub http: HttpMetrics,
+    /// The internal credential's digest, checked on every request.
+    pub internal_token: SecretDigest,
 }
 
 /// A built query service: `build` connects and binds, `run_until_stopped` serves.
@@ -78,7 +80,8 @@ impl App {
         let http = HttpMetrics::default();
         http.register(&mut registry);
         let hot = hot::Hot::new(read_model.clone(), pool.clone(), settings.read_fallback_limit, metrics);
-        let state = Arc::new(State { settings, pool, read_model, hot, secrets, http });
+        let internal_token = SecretDigest::of(settings.internal_token.expose().as_bytes());
+        let state = Arc::new(State { settings, pool, read_model, hot, secrets, http, internal_token });
         Ok(App { state, listener, ops_listener, amqp, topology, registry, projected, projector_lag })
     }
 

@@ -46,10 +46,10 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
         }
         let status = response.status().as_u16();
         // Without the internal credential the path is anyone's input: keep it out of the labels.
-        let route = if status == 401 { "unauthenticated" } else { template.as_str() };
+        let route = if status == 401 { "unauthenticated".to_owned() } else { template };
         let elapsed = started.elapsed();
-        state.http.observe(route, status, elapsed);
         tracing::debug!(%method, route, status, ms = elapsed.as_secs_f64() * 1000.0, "request served");
+        state.http.observe(route, status, elapsed);
         response
     }
     .instrument(span)
@@ -70,7 +70,7 @@ fn path_template(path: &str) -> String {
 
 async fn route(state: &State, req: Request<Incoming>, request_id: &str) -> Reply {
     let presented = req.headers().get(INTERNAL_TOKEN_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
-    if !cls_runtime::secret::same_secret(presented, state.settings.internal_token.expose().as_bytes()) {
+    if !state.internal_token.matches(presented) {
         return Err(Problem::new(ProblemCode::Unauthenticated, "The internal credential is missing or wrong.", request_id));
     }
     let principal: Option<Principal> = req

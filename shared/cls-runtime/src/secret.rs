@@ -59,8 +59,30 @@ impl std::fmt::Debug for SecretBox {
 /// Compares two secrets without leaking where they differ (compares their SHA-256 digests in
 /// constant time).
 pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    let (a, b) = (Sha256::digest(a), Sha256::digest(b));
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    SecretDigest::of(b).matches(a)
+}
+
+/// The SHA-256 of a configured secret, taken once, for a check made on every request (the
+/// query service's internal credential): each check then hashes only what was presented.
+#[derive(Clone)]
+pub struct SecretDigest([u8; 32]);
+
+impl SecretDigest {
+    pub fn of(secret: &[u8]) -> SecretDigest {
+        SecretDigest(Sha256::digest(secret).into())
+    }
+
+    /// Whether `presented` is the secret, in constant time over the digests.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let presented = Sha256::digest(presented);
+        self.0.iter().zip(presented.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl std::fmt::Debug for SecretDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretDigest(..)")
+    }
 }
 
 #[cfg(test)]
@@ -73,6 +95,15 @@ mod tests {
         let sealed = b.seal(b"api_key=cls_secret");
         assert!(!sealed.windows(10).any(|w| w == b"cls_secret"));
         assert_eq!(b.open(&sealed).unwrap(), b"api_key=cls_secret");
+    }
+
+    #[test]
+    fn a_digest_matches_only_its_secret() {
+        let digest = SecretDigest::of(b"internal-token-0123456789");
+        assert!(digest.matches(b"internal-token-0123456789"));
+        assert!(!digest.matches(b"internal-token-012345678"));
+        assert!(!digest.matches(b""));
+        assert!(same_secret(b"abc", b"abc") && !same_secret(b"abc", b"abd"));
     }
 
     #[test]

@@ -7,9 +7,6 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 
-/// The channel the outbox trigger notifies at commit.
-pub const NOTIFY_CHANNEL: &str = "cls_outbox";
-
 pub struct NewOutboxEvent {
     pub event_id: Uuid,
     pub event_type: &'static str,

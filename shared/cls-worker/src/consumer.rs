@@ -56,6 +56,8 @@ pub struct CommandConsumer {
     pub outcomes: Family<Vec<(String, String)>, Counter>,
     /// From the delivery decoded to the reply decided (transaction, retries, read-your-writes).
     pub handling: cls_runtime::metrics::LatencyFamily,
+    /// Wakes this process's outbox relay after a commit ([`crate::relay`]).
+    pub outbox_ready: Arc<tokio::sync::Notify>,
     pub read_model: Arc<ReadModel>,
 }
 
@@ -411,6 +413,8 @@ impl CommandConsumer {
         let outcome = inbox::Outcome { status, body: &stored, sealed: secret, read_model_targets: &encoded };
         inbox::complete(&mut tx, command_id, &outcome, now).await?;
         tx.commit().await?;
+        // Its events are in the outbox: this process's relay publishes them now.
+        self.outbox_ready.notify_one();
         Ok((Reply { command_id: command_id.to_string(), status, body, replayed: false }, targets))
     }
 

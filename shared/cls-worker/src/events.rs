@@ -69,6 +69,8 @@ pub struct EventConsumer {
     pub dispatch: EventDispatch,
     pub concurrency: u16,
     pub consuming: Arc<AtomicBool>,
+    /// Wakes this process's outbox relay after a commit ([`crate::relay`]).
+    pub outbox_ready: Arc<tokio::sync::Notify>,
     pub outcomes: Family<Vec<(String, String)>, Counter>,
     pub read_model: Arc<cls_readmodel::ReadModel>,
 }
@@ -195,6 +197,7 @@ impl EventConsumer {
         };
         append_effects(&mut tx, &cause, reaction.events, reaction.audit).await?;
         tx.commit().await?;
+        self.outbox_ready.notify_one();
         Ok(Some(targets))
     }
 

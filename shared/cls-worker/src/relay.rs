@@ -3,9 +3,15 @@
 //! Each batch is its own short transaction: lock up to [`BATCH`] unpublished rows with
 //! `FOR UPDATE SKIP LOCKED` (so N replicas share the work), publish them, wait for the confirms,
 //! mark the confirmed ones published, commit. A crash between confirm and commit republishes
-//! (at-least-once; consumers deduplicate by event id). Woken by LISTEN/NOTIFY at commit, with a
-//! polling fallback because notifications sent while the listener reconnects are lost.
+//! (at-least-once; consumers deduplicate by event id).
+//!
+//! Woken in-process: the consumers of the same process signal [`Relay::ready`] after each
+//! commit, so a write wakes the one relay that has its events instead of every worker process
+//! on the database (a NOTIFY woke all of them: three claim transactions per write, two finding
+//! nothing). Rows nobody signals for — committed by a process that died before relaying them,
+//! or by the expiry sweeper — are found by polling every second.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -15,7 +21,7 @@ use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use prometheus_client::metrics::counter::Counter;
-use sqlx::postgres::PgListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 const BATCH: i64 = 100;
@@ -26,17 +32,15 @@ pub struct Relay {
     pub pool: PgPool,
     pub topology: Topology,
     pub published: Counter,
+    /// Signalled after a commit that may have appended events.
+    pub ready: Arc<Notify>,
 }
 
 impl Relay {
-    /// Relays until `shutdown`, rebuilding the listener and channel after failures.
-    pub async fn run(self, publish: std::sync::Arc<cls_bus::Link>, shutdown: CancellationToken) {
-        let mut listener: Option<PgListener> = None;
+    /// Relays until `shutdown`, rebuilding the channel after failures.
+    pub async fn run(self, publish: Arc<cls_bus::Link>, shutdown: CancellationToken) {
         let mut publisher: Option<Publisher> = None;
         while !shutdown.is_cancelled() {
-            if listener.is_none() {
-                listener = connect_listener(&self.pool).await;
-            }
             if publisher.as_ref().is_none_or(|p| !p.is_open()) {
                 let opened = match publish.connection().await {
                     Ok(conn) => Publisher::open(&conn, CONFIRM_TIMEOUT).await.map_err(anyhow::Error::from),
@@ -63,20 +67,10 @@ impl Relay {
             if more {
                 continue;
             }
-            let wait = async {
-                match listener.as_mut() {
-                    Some(l) => {
-                        if let Ok(Err(error)) = tokio::time::timeout(POLL, l.recv()).await {
-                            tracing::debug!(%error, "outbox listener failed; polling");
-                            listener = None;
-                        }
-                    }
-                    None => tokio::time::sleep(POLL).await,
-                }
-            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = wait => {}
+                _ = self.ready.notified() => {}
+                _ = tokio::time::sleep(POLL) => {}
             }
         }
     }
@@ -138,10 +132,4 @@ impl Relay {
         }
         Ok(rows.len())
     }
-}
-
-async fn connect_listener(pool: &PgPool) -> Option<PgListener> {
-    let mut listener = PgListener::connect_with(pool).await.ok()?;
-    listener.listen(outbox::NOTIFY_CHANNEL).await.ok()?;
-    Some(listener)
 }

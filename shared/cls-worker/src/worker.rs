@@ -96,6 +96,7 @@ impl Worker {
         let gauges = crate::gauges::Gauges::new(watched_queues);
         gauges.register(&mut registry);
 
+        let outbox_ready = Arc::new(tokio::sync::Notify::new());
         let consuming = Arc::new(AtomicBool::new(false));
         let consumer = Arc::new(CommandConsumer {
             module: self.module,
@@ -107,9 +108,10 @@ impl Worker {
             consuming: consuming.clone(),
             outcomes,
             handling,
+            outbox_ready: outbox_ready.clone(),
             read_model: self.read_model.clone(),
         });
-        let relay = Relay { pool: self.pool.clone(), topology: self.topology.clone(), published };
+        let relay = Relay { pool: self.pool.clone(), topology: self.topology.clone(), published, ready: outbox_ready.clone() };
         let events_consuming = Arc::new(AtomicBool::new(self.events.is_none()));
         let event_consumer = self.events.clone().map(|(queue, dispatch)| {
             Arc::new(EventConsumer {
@@ -120,6 +122,7 @@ impl Worker {
                 concurrency: self.settings.worker_concurrency,
                 consuming: events_consuming.clone(),
                 outcomes: reactions,
+                outbox_ready: outbox_ready.clone(),
                 read_model: self.read_model.clone(),
             })
         });
