@@ -154,7 +154,9 @@ impl ReadModel {
         let Some(bar) = value.iter().position(|b| *b == b'|') else { return Ok(None) };
         // A document that does not parse (written by another version) counts as a miss: the
         // fill replaces it once Postgres holds a higher version.
-        Ok(serde_json::from_slice(&value[bar + 1..]).ok())
+        // UTF-8 is checked once for the whole document (from_slice checks every string again).
+        let Ok(json) = std::str::from_utf8(&value[bar + 1..]) else { return Ok(None) };
+        Ok(serde_json::from_str(json).ok())
     }
 
     /// The key with this hash, if the read model holds it (live, retired or known unknown).
