@@ -1,9 +1,17 @@
 //! Rate limits (SPEC §3): per API key on brand routes, per client IP and per license key on
 //! product routes; 429 RATE_LIMITED with Retry-After and RateLimit-* headers; shared through
-//! Redis; fail open (and counted) when Redis is unavailable.
+//! Redis by every gateway replica; fail open (and counted) when Redis is unavailable.
 
-use cls_tests::{Options, TestCluster};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cls_runtime::CancellationToken;
+use cls_tests::{Options, TestCluster, eventually};
+use http_body_util::Full;
 use hyper::StatusCode;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 
 #[tokio::test]
@@ -61,16 +69,107 @@ async fn each_limit_counts_its_own_bucket_and_refuses_with_429() {
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{:?}", r.headers);
     assert_eq!(r.header("ratelimit-limit"), Some("7"));
 
-    // The buckets live in Redis under the namespace.
-    let counted: Vec<String> = {
-        use fred::prelude::*;
-        c.redis()
-            .await
-            .custom(fred::types::CustomCommand::new_static("KEYS", fred::types::ClusterHash::FirstKey, false), vec![format!("{}:rl:*", c.namespace)])
-            .await
-            .unwrap()
-    };
-    assert!(counted.iter().any(|k| k.contains(":rl:api_key:")) && counted.iter().any(|k| k.contains(":rl:ip:")), "{counted:?}");
+    // The buckets reach Redis under the namespace (the gateway sends its counts every 100 ms).
+    let redis = c.redis().await;
+    eventually(Duration::from_secs(10), "the API-key and IP buckets in Redis", || async {
+        let counted = rate_limit_keys(&redis, &c.namespace, "*").await;
+        counted.iter().any(|k| k.contains(":rl:api_key:")) && counted.iter().any(|k| k.contains(":rl:ip:"))
+    })
+    .await;
+    c.stop().await;
+}
+
+/// The namespace's rate-limit counters of one kind (`*` for all).
+async fn rate_limit_keys(redis: &fred::clients::Client, namespace: &str, kind: &str) -> Vec<String> {
+    use fred::prelude::*;
+    redis
+        .custom(fred::types::CustomCommand::new_static("KEYS", fred::types::ClusterHash::FirstKey, false), vec![format!("{namespace}:rl:{kind}:*")])
+        .await
+        .unwrap()
+}
+
+/// The one API-key counter of the namespace (0 before it reaches Redis).
+async fn api_key_counter(redis: &fred::clients::Client, namespace: &str) -> u64 {
+    use fred::prelude::*;
+    match rate_limit_keys(redis, namespace, "api_key").await.as_slice() {
+        [] => 0,
+        [key] => redis.get::<Option<u64>, _>(key).await.unwrap().unwrap_or(0),
+        more => panic!("one API key was used, counters: {more:?}"),
+    }
+}
+
+/// A second gateway replica of a test cluster: same settings, namespace, Redis and query service.
+struct Replica {
+    url: String,
+    http: Client<HttpConnector, Full<Bytes>>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Replica {
+    async fn start(c: &TestCluster) -> Replica {
+        let app = cls_gateway::App::build(c.settings.clone()).await.expect("build a second gateway");
+        let url = format!("http://{}", app.addr());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+        Replica { url, http: Client::builder(TokioExecutor::new()).build(HttpConnector::new()), stop, task }
+    }
+
+    /// `GET path` with an API key: the status and `RateLimit-Remaining`.
+    async fn get(&self, path: &str, api_key: &str) -> (StatusCode, Option<String>) {
+        let request = hyper::Request::get(format!("{}{path}", self.url)).header("x-api-key", api_key).body(Full::new(Bytes::new())).unwrap();
+        let response = self.http.request(request).await.expect("the second gateway answers");
+        let remaining = response.headers().get("ratelimit-remaining").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        (response.status(), remaining)
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.expect("the second gateway's task").expect("the second gateway stops cleanly");
+    }
+}
+
+#[tokio::test]
+async fn replicas_share_each_limit_through_redis() {
+    let c = TestCluster::spawn_with(Options { rate_limits: (30, 0, 0), ..Options::default() }).await;
+    let (_, brand) = c.brand_with_key("shared", "SH").await;
+    let second = Replica::start(&c).await;
+    let redis = c.redis().await;
+
+    // 20 of the 30 through the first gateway; it counts alone so far, so exactly.
+    for n in 1..=20u32 {
+        let r = c.get("/v1/products", &[("x-api-key", &brand)]).await;
+        assert_eq!(r.status, StatusCode::OK, "request {n}");
+        assert_eq!(r.header("ratelimit-remaining"), Some((30 - n).to_string().as_str()));
+    }
+    eventually(Duration::from_secs(10), "the first gateway's 20 in Redis", || async { api_key_counter(&redis, &c.namespace).await == 20 }).await;
+
+    // The second gateway reads the shared total back with its first flush, so it admits only
+    // the 10 left. (Its first request is decided before that flush; it is within the 10 here.)
+    // Waiting for each request to reach Redis keeps the second gateway's view current.
+    let mut admitted = 0u64;
+    loop {
+        let (status, _) = second.get("/v1/products", &brand).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            break;
+        }
+        assert_eq!(status, StatusCode::OK);
+        admitted += 1;
+        assert!(admitted <= 30, "the second gateway never refused: the limit is not shared");
+        eventually(Duration::from_secs(10), "the second gateway's request in Redis", || async {
+            api_key_counter(&redis, &c.namespace).await >= 20 + admitted
+        })
+        .await;
+    }
+    assert_eq!(admitted, 10, "the second gateway admits what the first left");
+
+    // The first gateway learns of the second's requests with its own next flush: it may admit
+    // one more on the total it last read (the bounded overshoot), then refuses.
+    eventually(Duration::from_secs(10), "the first gateway refuses too", || async {
+        c.get("/v1/products", &[("x-api-key", &brand)]).await.status == StatusCode::TOO_MANY_REQUESTS
+    })
+    .await;
+    second.stop().await;
     c.stop().await;
 }
 
@@ -83,7 +182,7 @@ async fn without_redis_requests_pass_and_the_fail_open_is_counted() {
     assert_eq!(r.status, StatusCode::ACCEPTED);
     let operation = format!("/v1/operations/{}", r.json()["operation_id"].as_str().unwrap());
     let found = std::cell::RefCell::new(String::new());
-    cls_tests::eventually(std::time::Duration::from_secs(10), "the API key's operation succeeded", || async {
+    eventually(Duration::from_secs(10), "the API key's operation succeeded", || async {
         let o = c.admin_get(&operation).await.json();
         if o["status"] == "succeeded" {
             *found.borrow_mut() = o["response"]["body"]["api_key"].as_str().unwrap().to_owned();
