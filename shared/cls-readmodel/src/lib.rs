@@ -275,6 +275,18 @@ impl ReadModel {
         .await
     }
 
+    /// Whether the read model already holds the key's current state: its marker is at the
+    /// version Postgres has now. One index lookup and one GET, where a refresh takes a snapshot
+    /// (an aggregation over the key's licenses and activations) and a compare-and-set.
+    pub async fn key_is_current(&self, pool: &PgPool, selector: KeySelector<'_>) -> Result<bool, RefreshError> {
+        let version = {
+            let mut conn = pool.acquire().await.map_err(StoreError::from)?;
+            snapshots::key_version(&mut conn, selector).await?
+        };
+        let Some((id, version)) = version else { return Ok(false) };
+        self.reflects(&[Target::LicenseKey { id, version }]).await.map_err(|_| RefreshError::Disconnected)
+    }
+
     /// Brings an API key's document up to date (a negative entry for an unknown hash).
     pub async fn refresh_api_key(&self, pool: &PgPool, selector: ApiKeySelector<'_>) -> Result<Option<ApiKeySnapshot>, RefreshError> {
         self.with_epoch(|epoch| async move {

@@ -123,6 +123,23 @@ pub async fn bump_key(conn: &mut PgConnection, key_id: Uuid) -> Result<i64, Stor
         .await?)
 }
 
+/// The key's id and its current read-model version (one index lookup), without its snapshot:
+/// enough to tell whether the read model already holds this state.
+pub async fn key_version(conn: &mut PgConnection, selector: KeySelector<'_>) -> Result<Option<(Uuid, i64)>, StoreError> {
+    let query = sqlx::query_as(match selector {
+        KeySelector::Id(_) => "SELECT id, rm_version FROM license_keys WHERE id = $1",
+        KeySelector::Hash(_) => "SELECT id, rm_version FROM license_keys WHERE key_hash = $1",
+        KeySelector::License(_) => {
+            "SELECT k.id, k.rm_version FROM licenses l JOIN license_keys k ON k.id = l.license_key_id WHERE l.id = $1"
+        }
+    });
+    let query = match selector {
+        KeySelector::Id(id) | KeySelector::License(id) => query.bind(id),
+        KeySelector::Hash(hash) => query.bind(hash.as_str().to_owned()),
+    };
+    Ok(query.fetch_optional(conn).await?)
+}
+
 /// Draws a new read-model version for the key that holds a license; returns the key and version.
 pub async fn bump_key_of_license(conn: &mut PgConnection, license_id: Uuid) -> Result<(Uuid, i64), StoreError> {
     Ok(sqlx::query_as(
