@@ -62,11 +62,15 @@ cleanup() {
     for _ in $(seq 150); do kill -0 "$up_pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$up_pid" 2>/dev/null || true
   fi
-  # The cluster's database, queues and Redis keys (exchanges are left: they hold nothing).
+  # The cluster's database, queues, exchanges and Redis keys.
   psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS \"cls_$ns\" WITH (FORCE)" >/dev/null 2>&1 || true
   if command -v rabbitmqctl >/dev/null; then
     rabbitmqctl list_queues -q --no-table-headers name 2>/dev/null | grep "^$ns\." \
       | xargs -r -P 4 -I{} rabbitmqctl delete_queue -q {} >/dev/null 2>&1 || true
+    for exchange in commands events dlx; do
+      rabbitmqctl -q eval \
+        "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$ns.$exchange\">>), false, <<\"cls\">>)." >/dev/null 2>&1 || true
+    done
   fi
   if command -v redis-cli >/dev/null; then
     redis-cli --scan --pattern "$ns:*" 2>/dev/null | xargs -r -n 200 redis-cli del >/dev/null 2>&1 || true
