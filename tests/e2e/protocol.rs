@@ -119,6 +119,12 @@ async fn every_service_has_an_ops_listener() {
     .await;
     let query = String::from_utf8_lossy(&c.ops_get("query", "/metrics").await.body).into_owned();
     assert!(query.lines().any(|l| l.starts_with("cls_projector_lag_seconds ") && l != "cls_projector_lag_seconds 0.0"), "{query}");
+    // The projector's dead-letter queue is watched by the query service.
+    let projector_dlq = format!("cls_dlq_depth{{queue=\"{}.query.events.dlq\"}} 0", c.namespace);
+    eventually(Duration::from_secs(30), "the query service samples the projector's DLQ", || async {
+        String::from_utf8_lossy(&c.ops_get("query", "/metrics").await.body).contains(&projector_dlq)
+    })
+    .await;
     c.stop().await;
 }
 

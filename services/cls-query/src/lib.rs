@@ -53,6 +53,7 @@ pub struct App {
     registry: Registry,
     projected: Family<Vec<(String, String)>, Counter>,
     projector_lag: Gauge<f64, AtomicU64>,
+    projector_dlq: Family<Vec<(String, String)>, Gauge>,
 }
 
 impl App {
@@ -77,12 +78,14 @@ impl App {
         registry.register("projector_events", "Events the projector handled, by event type and outcome", projected.clone());
         let projector_lag = Gauge::<f64, AtomicU64>::default();
         registry.register("projector_lag_seconds", "From the last projected event's occurrence to its projection", projector_lag.clone());
+        let projector_dlq = Family::<Vec<(String, String)>, Gauge>::default();
+        registry.register("dlq_depth", "Messages waiting in the projector's dead-letter queue", projector_dlq.clone());
         let http = HttpMetrics::default();
         http.register(&mut registry);
         let hot = hot::Hot::new(read_model.clone(), pool.clone(), settings.read_fallback_limit, metrics);
         let internal_token = SecretDigest::of(settings.internal_token.expose().as_bytes());
         let state = Arc::new(State { settings, pool, read_model, hot, secrets, http, internal_token });
-        Ok(App { state, listener, ops_listener, amqp, topology, registry, projected, projector_lag })
+        Ok(App { state, listener, ops_listener, amqp, topology, registry, projected, projector_lag, projector_dlq })
     }
 
     /// The internal address actually bound (port 0 in tests).
@@ -132,6 +135,12 @@ impl App {
         let drain = self.state.settings.shutdown_timeout;
         let ops_task = tokio::spawn(ops.serve(self.ops_listener, shutdown.clone()));
         let projector_task = tokio::spawn(projector.run(self.amqp.clone(), shutdown.clone(), drain));
+        let dlq_task = tokio::spawn(sample_dlq_depth(
+            self.amqp.clone(),
+            cls_bus::topology::dead_letter_queue_of(&self.topology.projector_queue()),
+            self.projector_dlq.clone(),
+            shutdown.clone(),
+        ));
         let state = self.state.clone();
         cls_runtime::http::serve(
             self.listener,
@@ -141,11 +150,32 @@ impl App {
         )
         .await;
         let _ = projector_task.await;
+        let _ = dlq_task.await;
         let _ = ops_task.await;
         self.amqp.close().await;
         self.state.read_model.quit().await;
         self.state.pool.close().await;
         tracing::info!("query service stopped");
         Ok(())
+    }
+}
+
+/// Samples the depth of the projector's dead-letter queue every 5 s for `cls_dlq_depth` (the
+/// workers sample the queues they feed the same way; a scrape never waits on the broker).
+async fn sample_dlq_depth(amqp: Arc<cls_bus::Link>, queue: String, gauge: Family<Vec<(String, String)>, Gauge>, shutdown: CancellationToken) {
+    let labels = vec![("queue".to_owned(), queue.clone())];
+    loop {
+        let depth = async { anyhow::Ok(cls_bus::dlq::depth(&*amqp.connection().await?, &queue).await?) };
+        match tokio::time::timeout(std::time::Duration::from_secs(5), depth).await {
+            Ok(Ok(depth)) => {
+                gauge.get_or_create(&labels).set(i64::from(depth.unwrap_or(0)));
+            }
+            Ok(Err(error)) => tracing::debug!(error = format!("{error:#}"), "cannot sample the projector's dead-letter queue"),
+            Err(_) => tracing::debug!("sampling the projector's dead-letter queue timed out"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+        }
     }
 }
