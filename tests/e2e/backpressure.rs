@@ -24,7 +24,7 @@ async fn a_full_command_queue_answers_503_with_retry_after_and_loses_nothing() {
     assert_eq!(r.status, StatusCode::CREATED);
 
     let queue = c.topology().command_queue(Module::Licenses);
-    let policy = QueuePolicy::set(&format!("{}-bound", c.namespace), &queue, BOUND);
+    let policy = QueuePolicy::set(&format!("{}-bound", c.namespace), &queue, BOUND).await;
 
     // Published and confirmed, but nobody answers: 202 with the operation to poll, until the
     // queue is full (a quorum queue may take one past its bound before it refuses). Then the
@@ -81,16 +81,16 @@ struct QueuePolicy {
 
 impl QueuePolicy {
     /// Sets the policy and waits until the broker applies it to the queue.
-    fn set(name: &str, queue: &str, max_length: usize) -> QueuePolicy {
+    async fn set(name: &str, queue: &str, max_length: usize) -> QueuePolicy {
         let pattern = format!("^{}$", queue.replace('.', "\\."));
         let definition = format!(r#"{{"max-length":{max_length},"overflow":"reject-publish"}}"#);
         rabbitmqctl(&["set_policy", "--apply-to", "queues", "--priority", "100", name, &pattern, &definition]);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !rabbitmqctl(&["list_queues", "name", "policy"]).lines().any(|l| l.split_whitespace().eq([queue, name])) {
-            assert!(Instant::now() < deadline, "policy {name} not applied to {queue}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        QueuePolicy { name: name.to_owned() }
+        let policy = QueuePolicy { name: name.to_owned() };
+        eventually(Duration::from_secs(30), &format!("policy {name} applied to {queue}"), || async {
+            rabbitmqctl(&["list_queues", "name", "policy"]).lines().any(|l| l.split_whitespace().eq([queue, name]))
+        })
+        .await;
+        policy
     }
 }
 

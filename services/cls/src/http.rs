@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderName, HeaderValue};
+use hyper::HeaderMap;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -24,6 +25,8 @@ pub struct Answer {
     pub location: Option<String>,
     /// `Idempotent-Replayed: true`: the gateway replayed a stored outcome.
     pub replayed: bool,
+    /// Every header (Retry-After, RateLimit-*: what a client that retries reads).
+    pub headers: HeaderMap,
     pub body: Bytes,
 }
 
@@ -38,6 +41,18 @@ pub async fn send(
     url: &str,
     headers: &[(&str, &str)],
     json: Option<&serde_json::Value>,
+) -> anyhow::Result<Answer> {
+    send_within(client, method, url, headers, json, REQUEST_TIMEOUT).await
+}
+
+/// [`send`] with its own bound on the whole exchange.
+pub async fn send_within(
+    client: &Client,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    json: Option<&serde_json::Value>,
+    timeout: Duration,
 ) -> anyhow::Result<Answer> {
     if !url.starts_with("http://") {
         bail!("{url:?}: only http:// URLs are supported");
@@ -58,16 +73,15 @@ pub async fn send(
     };
     let request = request.body(Full::new(body)).with_context(|| format!("{url:?} is not a valid URL"))?;
     let exchange = async {
-        let response = client.request(request).await?;
-        let status = response.status();
-        let location = response.headers().get(hyper::header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let replayed = response.headers().get("idempotent-replayed").is_some_and(|v| v.as_bytes() == b"true");
-        let body = response.into_body().collect().await?.to_bytes();
-        anyhow::Ok(Answer { status, location, replayed, body })
+        let (parts, body) = client.request(request).await?.into_parts();
+        let location = parts.headers.get(hyper::header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let replayed = parts.headers.get("idempotent-replayed").is_some_and(|v| v.as_bytes() == b"true");
+        let body = body.collect().await?.to_bytes();
+        anyhow::Ok(Answer { status: parts.status, location, replayed, headers: parts.headers, body })
     };
-    match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+    match tokio::time::timeout(timeout, exchange).await {
         Ok(answer) => answer.with_context(|| format!("{method} {url} failed")),
-        Err(_) => bail!("{method} {url}: no answer within {}s", REQUEST_TIMEOUT.as_secs()),
+        Err(_) => bail!("{method} {url}: no answer within {}s", timeout.as_secs()),
     }
 }
 

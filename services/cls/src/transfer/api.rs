@@ -7,13 +7,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use bytes::Bytes;
 use cls_contracts::http::{Accepted, Operation, OperationStatus};
 use cls_runtime::Secret;
-use http_body_util::{BodyExt, Full};
-use hyper::header::HeaderValue;
-use hyper::{HeaderMap, Method, Request, StatusCode};
+use hyper::{HeaderMap, Method, StatusCode};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -82,11 +78,7 @@ impl Reply {
 }
 
 /// What came back from one exchange.
-struct Raw {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
+type Raw = http::Answer;
 
 /// What to do after one exchange.
 #[derive(Debug, PartialEq, Eq)]
@@ -124,10 +116,10 @@ impl Api {
     /// the error is then the row's reason (`UNAVAILABLE`, `PENDING`, ...).
     pub async fn call(&self, method: Method, path: &str, body: Option<&Value>, idempotency_key: Option<&str>) -> Result<Reply, Reject> {
         let raw = self.until_answered(method, path, body, idempotency_key).await?;
-        let replayed = raw.headers.get("idempotent-replayed").is_some_and(|v| v.as_bytes() == b"true");
+        let replayed = raw.replayed;
         if raw.status == StatusCode::ACCEPTED {
             self.accepted.fetch_add(1, Ordering::Relaxed);
-            let operation = raw.headers.get(hyper::header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let operation = raw.location.clone();
             return self.settle(&raw.body, operation).await;
         }
         Ok(Reply { status: raw.status, body: serde_json::from_slice(&raw.body).unwrap_or(Value::Null), replayed })
@@ -213,32 +205,9 @@ impl Api {
 
     /// One request and its whole answer.
     async fn exchange(&self, method: Method, path: &str, body: Option<&Value>, idempotency_key: Option<&str>) -> anyhow::Result<Raw> {
-        let url = format!("{}{path}", self.base_url);
-        let mut request = Request::builder().method(method.clone()).uri(&url);
-        // The API key is a secret: an invalid one must not end up in an error message.
-        let api_key = HeaderValue::from_str(self.api_key.expose()).map_err(|_| anyhow::anyhow!("the API key has a character HTTP does not allow"))?;
-        request = request.header("x-api-key", api_key);
-        if let Some(key) = idempotency_key {
-            request = request.header("idempotency-key", key);
-        }
-        let body = match body {
-            Some(value) => {
-                request = request.header(hyper::header::CONTENT_TYPE, "application/json");
-                Bytes::from(serde_json::to_vec(value)?)
-            }
-            None => Bytes::new(),
-        };
-        let request = request.body(Full::new(body)).with_context(|| format!("{url:?} is not a valid URL"))?;
-        let exchange = async {
-            let response = self.client.request(request).await?;
-            let (parts, body) = response.into_parts();
-            let body = body.collect().await?.to_bytes();
-            anyhow::Ok(Raw { status: parts.status, headers: parts.headers, body })
-        };
-        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
-            Ok(raw) => raw.with_context(|| format!("{method} {url} failed")),
-            Err(_) => bail!("{method} {url}: no answer within {}s", REQUEST_TIMEOUT.as_secs()),
-        }
+        let mut headers = vec![("x-api-key", self.api_key.expose())];
+        headers.extend(idempotency_key.map(|key| ("idempotency-key", key)));
+        http::send_within(&self.client, method, &format!("{}{path}", self.base_url), &headers, body, REQUEST_TIMEOUT).await
     }
 }
 
@@ -268,6 +237,7 @@ fn backoff(tries: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::header::HeaderValue;
 
     fn headers(retry_after: Option<&str>) -> HeaderMap {
         let mut h = HeaderMap::new();
