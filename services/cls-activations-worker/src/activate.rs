@@ -37,8 +37,8 @@ pub async fn activate(conn: &mut PgConnection, ctx: &CommandContext, c: &Activat
     }
 
     // A separate statement after the lock: it sees every activation committed before.
-    let active = activations::active_count(conn, license.id).await?;
-    if let Some(existing) = activations::latest_for_instance(conn, license.id, instance.as_str()).await?.filter(|a| a.is_active()) {
+    let (active, existing) = activations::seats_and_instance(conn, license.id, instance.as_str()).await?;
+    if let Some(existing) = existing {
         // Idempotent: no seat taken, nothing emitted, works on a full license.
         activations::touch(conn, existing.id, ctx.now).await?;
         return Ok(answer(200, &license, status, &existing, seats::seats_used(&license, active)));
@@ -65,12 +65,11 @@ pub async fn activate(conn: &mut PgConnection, ctx: &CommandContext, c: &Activat
         metadata: c.metadata.as_deref(),
         at: ctx.now,
     };
-    let activation = activations::insert(conn, &new).await.map_err(|e| match e {
+    let (activation, version) = activations::insert(conn, &new).await.map_err(|e| match e {
         // Impossible under the license lock; if it ever happens, a retry answers 200.
         WriteError::Conflict(_) => HandleError::Transient(anyhow::anyhow!("the instance became active concurrently")),
         WriteError::Store(e) => e.into(),
     })?;
-    let version = activations::bump_license_version(conn, license.id, 1, ctx.now).await?;
     let used = seats::seats_used(&license, active + 1);
     let mut handled = answer(201, &license, status, &activation, used);
     handled.events.push(seats::changed(&license, &activation, version, used, None, ctx.now));

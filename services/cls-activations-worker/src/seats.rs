@@ -10,9 +10,13 @@ use cls_store::activations::{self, ActivationRecord, DeactivatedBy, KeyLicense, 
 use cls_worker::{Audit, HandleError, NewEvent};
 
 /// SPEC §2 Seats rule 1, then the lock: the license the key holds for the product (the
-/// non-cancelled one, else the latest), locked until the transaction ends.
+/// non-cancelled one, else the latest), locked until the transaction ends. One round trip when
+/// the license exists; a second one tells an unknown key from a key without that product.
 pub async fn locked_license(conn: &mut PgConnection, key_hash: &str, product: &str) -> Result<SeatLicense, HandleError> {
     let hash = KeyHash::from_hex(key_hash).map_err(HandleError::malformed)?;
+    if let Some(license) = activations::lock_license_for_key(conn, &hash, product).await? {
+        return Ok(license);
+    }
     let license_id = match activations::license_for_key(conn, &hash, product).await? {
         KeyLicense::UnknownKey => {
             return Err(HandleError::rejected(ProblemCode::LicenseKeyNotFound, "No license key matches."));
@@ -20,6 +24,7 @@ pub async fn locked_license(conn: &mut PgConnection, key_hash: &str, product: &s
         KeyLicense::NoLicense => {
             return Err(HandleError::rejected(ProblemCode::NoLicenseForProduct, format!("The license key has no license for {product}.")));
         }
+        // Provisioned between the two statements.
         KeyLicense::License(id) => id,
     };
     lock(conn, license_id).await

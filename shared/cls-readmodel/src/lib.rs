@@ -87,6 +87,12 @@ pub enum RefreshError {
     EpochMoved,
 }
 
+/// Documents read inside a writer's transaction, waiting for its commit ([`ReadModel::stage`]).
+pub struct Staged {
+    epoch: Arc<str>,
+    writes: Vec<Write>,
+}
+
 /// Redis could not answer a read (down, or too slow): the caller falls back to Postgres.
 #[derive(Debug, thiserror::Error)]
 #[error("the read model is unavailable: {0}")]
@@ -339,6 +345,44 @@ impl ReadModel {
         if let Err(error) = self.write(epoch, writes).await {
             tracing::debug!(%error, "cache fill not stored");
         }
+    }
+
+    /// Read-your-writes without a second trip to Postgres: the documents of `targets` read by
+    /// the writer *inside* its transaction, after it drew their versions, to be written by
+    /// [`ReadModel::apply_staged`] once it has committed. That snapshot is the state at the drawn
+    /// version, because drawing it locked the key (or API-key) row: no other change under it can
+    /// commit before this transaction does, and every earlier one committed before the lock was
+    /// granted. `None` when Redis is not connected (the caller falls back to
+    /// [`ReadModel::make_visible`], which then reports it).
+    pub async fn stage(&self, conn: &mut cls_store::PgConnection, targets: &[Target]) -> Result<Option<Staged>, RefreshError> {
+        if targets.is_empty() || !self.is_connected() {
+            return Ok(None);
+        }
+        // Read before the snapshot (cached after the first write), as every write requires.
+        let epoch = self.current_epoch().await?;
+        let mut writes = Vec::new();
+        for target in targets {
+            match target {
+                Target::LicenseKey { id, .. } => {
+                    let snapshot = snapshots::key_snapshot(conn, KeySelector::Id(*id)).await?;
+                    writes.extend(docs::for_key(&self.keys, snapshot.as_ref(), KeySelector::Id(*id), negative_ttl()));
+                }
+                Target::ApiKey { id, .. } => {
+                    let snapshot = snapshots::api_key_snapshot(conn, ApiKeySelector::Id(*id)).await?;
+                    writes.extend(docs::for_api_key(&self.keys, snapshot.as_ref(), ApiKeySelector::Id(*id), negative_ttl()));
+                }
+            }
+        }
+        Ok(Some(Staged { epoch, writes }))
+    }
+
+    /// Writes what [`ReadModel::stage`] read, after the writer's commit. An error (Redis down,
+    /// or a wipe since the epoch was read) leaves the caller to [`ReadModel::make_visible`].
+    pub async fn apply_staged(&self, staged: &Staged) -> Result<(), RefreshError> {
+        if !self.is_connected() {
+            return Err(RefreshError::Disconnected);
+        }
+        self.write(&staged.epoch, &staged.writes).await.map(|_| ())
     }
 
     /// Read-your-writes: brings every target's documents up to date. `Ok` means every read

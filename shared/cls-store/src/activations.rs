@@ -124,6 +124,28 @@ pub async fn license_for_key(conn: &mut PgConnection, key_hash: &KeyHash, produc
     })
 }
 
+/// [`license_for_key`] and [`lock_license`] in one round trip: the license the key holds for
+/// the product, locked until the transaction ends. `None` when there is none (ask
+/// [`license_for_key`] why). Like the two-step form, the choice among the key's licenses is made
+/// before the lock; the lock then holds the chosen row.
+pub async fn lock_license_for_key(conn: &mut PgConnection, key_hash: &KeyHash, product: &str) -> Result<Option<SeatLicense>, StoreError> {
+    Ok(sqlx::query_as::<_, SeatLicense>(
+        "SELECT l.id, l.brand_id, p.code AS product, l.status, l.expires_at, l.seat_limit, l.version
+         FROM licenses l JOIN products p ON p.id = l.product_id
+         WHERE l.id = (SELECT c.id FROM license_keys k
+                       JOIN licenses c ON c.license_key_id = k.id
+                       JOIN products cp ON cp.id = c.product_id
+                       WHERE k.key_hash = $1 AND cp.code = $2
+                       ORDER BY (c.status = 'cancelled'), c.created_at DESC, c.id DESC
+                       LIMIT 1)
+         FOR UPDATE OF l",
+    )
+    .bind(key_hash.as_str())
+    .bind(product)
+    .fetch_optional(conn)
+    .await?)
+}
+
 /// Locks the license row until the transaction ends and reads it. Every change to a license's
 /// activations happens under this lock.
 pub async fn lock_license(conn: &mut PgConnection, license_id: Uuid) -> Result<Option<SeatLicense>, StoreError> {
@@ -144,6 +166,46 @@ pub async fn active_count(conn: &mut PgConnection, license_id: Uuid) -> Result<i
         .bind(license_id)
         .fetch_one(conn)
         .await?)
+}
+
+#[derive(sqlx::FromRow)]
+struct SeatsRow {
+    active: i64,
+    id: Option<Uuid>,
+    license_id: Option<Uuid>,
+    instance_id: Option<String>,
+    instance_name: Option<String>,
+    activated_at: Option<DateTime<Utc>>,
+    last_seen_at: Option<DateTime<Utc>>,
+}
+
+/// [`active_count`] and the instance's *active* activation, if any, in one statement (one
+/// snapshot, taken after the lock). Run it after [`lock_license`].
+pub async fn seats_and_instance(conn: &mut PgConnection, license_id: Uuid, instance_id: &str) -> Result<(i64, Option<ActivationRecord>), StoreError> {
+    let row = sqlx::query_as::<_, SeatsRow>(
+        "SELECT (SELECT count(*) FROM activations WHERE license_id = $1 AND deactivated_at IS NULL) AS active,
+                a.id, a.license_id, a.instance_id, a.instance_name, a.activated_at, a.last_seen_at
+         FROM (SELECT 1) AS one
+         LEFT JOIN activations a ON a.license_id = $1 AND a.instance_id = $2 AND a.deactivated_at IS NULL",
+    )
+    .bind(license_id)
+    .bind(instance_id)
+    .fetch_one(conn)
+    .await?;
+    let active = match (row.id, row.license_id, row.instance_id, row.activated_at, row.last_seen_at) {
+        (Some(id), Some(license_id), Some(instance_id), Some(activated_at), Some(last_seen_at)) => Some(ActivationRecord {
+            id,
+            license_id,
+            instance_id,
+            instance_name: row.instance_name,
+            activated_at,
+            last_seen_at,
+            deactivated_at: None,
+            deactivated_by: None,
+        }),
+        _ => None,
+    };
+    Ok((row.active, active))
 }
 
 /// The instance's activation on the license: the active one, else the latest inactive one.
@@ -171,10 +233,24 @@ pub async fn find_for_brand(conn: &mut PgConnection, brand_id: Uuid, activation_
     .await?)
 }
 
-pub async fn insert(conn: &mut PgConnection, a: &NewActivation<'_>) -> Result<ActivationRecord, WriteError<InstanceActive>> {
-    sqlx::query_as::<_, ActivationRecord>(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO activations (id, license_id, instance_id, instance_name, metadata, activated_at, last_seen_at)
-         VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $6) RETURNING {ACTIVATION_COLUMNS}"
+/// Inserts a new activation and moves the license's version by one (what
+/// [`bump_license_version`] does), in one statement; returns the activation and the license's
+/// new version.
+pub async fn insert(conn: &mut PgConnection, a: &NewActivation<'_>) -> Result<(ActivationRecord, i64), WriteError<InstanceActive>> {
+    #[derive(sqlx::FromRow)]
+    struct Inserted {
+        #[sqlx(flatten)]
+        activation: ActivationRecord,
+        license_version: i64,
+    }
+    sqlx::query_as::<_, Inserted>(sqlx::AssertSqlSafe(format!(
+        "WITH inserted AS (
+             INSERT INTO activations (id, license_id, instance_id, instance_name, metadata, activated_at, last_seen_at)
+             VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $6) RETURNING {ACTIVATION_COLUMNS}
+         ), license AS (
+             UPDATE licenses SET version = version + 1, updated_at = GREATEST(updated_at, $6) WHERE id = $2 RETURNING version
+         )
+         SELECT inserted.*, license.version AS license_version FROM inserted, license"
     )))
     .bind(a.id)
     .bind(a.license_id)
@@ -184,6 +260,7 @@ pub async fn insert(conn: &mut PgConnection, a: &NewActivation<'_>) -> Result<Ac
     .bind(a.at)
     .fetch_one(conn)
     .await
+    .map(|row| (row.activation, row.license_version))
     .map_err(|e| match unique_violation(&e).as_deref() {
         Some("activations_one_active_per_instance") => WriteError::Conflict(InstanceActive),
         _ => WriteError::Store(e.into()),

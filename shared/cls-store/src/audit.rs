@@ -24,30 +24,10 @@ pub struct AuditEntry {
     pub at: DateTime<Utc>,
 }
 
+/// Appends entries in the caller's transaction (see [`crate::effects::record`] to write them
+/// together with events and an outcome).
 pub async fn append(conn: &mut PgConnection, entries: &[AuditEntry]) -> Result<(), StoreError> {
-    for e in entries {
-        sqlx::query(
-            "INSERT INTO audit_entries (id, brand_id, actor_kind, actor_id, action, target_type, target_id, request_id,
-                                        command_id, status_before, status_after, reason, at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .bind(e.id)
-        .bind(e.brand_id)
-        .bind(&e.actor_kind)
-        .bind(&e.actor_id)
-        .bind(&e.action)
-        .bind(&e.target_type)
-        .bind(e.target_id)
-        .bind(&e.request_id)
-        .bind(e.command_id)
-        .bind(&e.status_before)
-        .bind(&e.status_after)
-        .bind(&e.reason)
-        .bind(e.at)
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(())
+    crate::effects::record(conn, entries, &[], None).await
 }
 
 /// A target's entries, newest first (ids are UUIDv7, so id order is time order), older than the

@@ -89,20 +89,8 @@ pub struct Outcome<'a> {
 
 /// Stores the outcome of a claimed command (same transaction as the claim).
 pub async fn complete(conn: &mut PgConnection, command_id: Uuid, outcome: &Outcome<'_>, now: DateTime<Utc>) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE inbox SET state = 'succeeded', response_status = $2, response_body = $3, response_sealed = $4,
-                          completed_at = $5, read_model_targets = $6
-         WHERE command_id = $1",
-    )
-    .bind(command_id)
-    .bind(outcome.status as i16)
-    .bind(outcome.body)
-    .bind(outcome.sealed)
-    .bind(now)
-    .bind(outcome.read_model_targets)
-    .execute(conn)
-    .await?;
-    Ok(())
+    let command = crate::effects::CommandOutcome { command_id, outcome, completed_at: now };
+    crate::effects::record(conn, &[], &[], Some(&command)).await
 }
 
 /// Records that a command was dead-lettered (its operation reads `failed`), unless it succeeded.

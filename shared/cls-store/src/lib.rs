@@ -8,6 +8,7 @@
 pub mod activations;
 pub mod audit;
 pub mod brands;
+pub mod effects;
 pub mod error;
 pub mod inbox;
 pub mod licenses;

@@ -17,30 +17,9 @@ pub struct NewOutboxEvent {
     pub correlation_id: Option<String>,
 }
 
+/// Appends events, in order, in the caller's transaction (see [`crate::effects::record`]).
 pub async fn append(conn: &mut PgConnection, events: &[NewOutboxEvent]) -> Result<(), StoreError> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    // One statement for the batch, so the statement-level trigger notifies once.
-    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-    let types: Vec<&str> = events.iter().map(|e| e.event_type).collect();
-    let aggregates: Vec<Uuid> = events.iter().map(|e| e.aggregate_id).collect();
-    let versions: Vec<i64> = events.iter().map(|e| e.aggregate_version).collect();
-    let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
-    let correlations: Vec<Option<&str>> = events.iter().map(|e| e.correlation_id.as_deref()).collect();
-    sqlx::query(
-        "INSERT INTO outbox (event_id, event_type, aggregate_id, aggregate_version, payload, correlation_id)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::bigint[], $5::bytea[], $6::text[])",
-    )
-    .bind(ids)
-    .bind(types)
-    .bind(aggregates)
-    .bind(versions)
-    .bind(payloads)
-    .bind(correlations)
-    .execute(conn)
-    .await?;
-    Ok(())
+    crate::effects::record(conn, &[], events, None).await
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -2,8 +2,12 @@
 //!
 //! Per delivery: decode the envelope (undecodable or an unknown schema version → dead letter);
 //! claim the inbox row; a command seen before replays its stored outcome (or 422 for another
-//! request under the same id); otherwise run the module's use case inside a savepoint, so a
-//! rejection keeps only the inbox row with its problem outcome. Transient failures are retried
+//! request under the same id); otherwise run the module's use case. A rejection rolls the whole
+//! transaction back and stores only the inbox row with its problem outcome, under a fresh claim.
+//! A success draws the read-model versions of what it touched, reads their documents inside the
+//! transaction, writes audit entries, outbox events and its outcome in one statement, commits,
+//! writes the documents to Redis (read-your-writes), replies, wakes the relay and acks.
+//! Transient failures are retried
 //! in place with backoff (the delivery stays unacked, which also holds back the consumer through
 //! its prefetch); fatal ones are recorded as a failed operation and dead-lettered.
 //!
@@ -20,10 +24,10 @@ use cls_contracts::event::EVENT_SCHEMA_VERSION;
 use cls_contracts::http::Accepted;
 use cls_contracts::read_model::Target;
 use cls_contracts::{CommandEnvelope, EventEnvelope, Module, Problem, ProblemCode, Reply};
-use cls_readmodel::ReadModel;
+use cls_readmodel::{ReadModel, RefreshError, Staged};
 use cls_runtime::secret::SecretBox;
 use cls_store::inbox::{self, Claim, NewCommand};
-use cls_store::{PgPool, audit, outbox};
+use cls_store::{PgPool, audit, effects, outbox};
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions};
@@ -32,13 +36,12 @@ use cls_bus::Link;
 use lapin::{BasicProperties, Channel};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use sqlx::Acquire;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::command::{Audit, CommandContext, Dispatch, HandleError, Handled, NewEvent};
+use crate::command::{Audit, CommandContext, Dispatch, HandleError, NewEvent};
 
 /// How long a transient failure is retried in place before the delivery is handed back to the
 /// broker (which counts it toward the delivery limit).
@@ -59,6 +62,17 @@ pub struct CommandConsumer {
     /// Wakes this process's outbox relay after a commit ([`crate::relay`]).
     pub outbox_ready: Arc<tokio::sync::Notify>,
     pub read_model: Arc<ReadModel>,
+}
+
+/// One successful attempt at a command.
+struct Transacted {
+    reply: Reply,
+    /// What the reply's 2xx requires the read model to reflect.
+    targets: Vec<Target>,
+    /// The targets' documents, read inside the transaction.
+    staged: Option<Staged>,
+    /// Whether the transaction left events in the outbox.
+    wrote_events: bool,
 }
 
 /// What to tell the broker about a delivery once it is handled.
@@ -143,6 +157,13 @@ pub struct Cause<'a> {
 /// Appends audit entries and outbox events in the caller's transaction, filling in who, the
 /// request and the event envelopes.
 pub async fn append_effects(tx: &mut sqlx::PgConnection, cause: &Cause<'_>, events: Vec<NewEvent>, audit: Vec<Audit>) -> Result<(), HandleError> {
+    let (audit, events) = effects_of(cause, events, audit);
+    effects::record(tx, &audit, &events, None).await?;
+    Ok(())
+}
+
+/// The rows a transaction's audit entries and events become.
+fn effects_of(cause: &Cause<'_>, events: Vec<NewEvent>, audit: Vec<Audit>) -> (Vec<audit::AuditEntry>, Vec<outbox::NewOutboxEvent>) {
     let entries: Vec<audit::AuditEntry> = audit
         .into_iter()
         .map(|a| audit::AuditEntry {
@@ -161,8 +182,6 @@ pub async fn append_effects(tx: &mut sqlx::PgConnection, cause: &Cause<'_>, even
             at: cause.now,
         })
         .collect();
-    audit::append(tx, &entries).await?;
-
     let events: Vec<outbox::NewOutboxEvent> = events
         .into_iter()
         .map(|e| {
@@ -189,8 +208,7 @@ pub async fn append_effects(tx: &mut sqlx::PgConnection, cause: &Cause<'_>, even
             }
         })
         .collect();
-    outbox::append(tx, &events).await?;
-    Ok(())
+    (entries, events)
 }
 
 impl CommandConsumer {
@@ -259,7 +277,7 @@ impl CommandConsumer {
     }
 
     async fn handle(&self, delivery: Delivery, replies: &Channel, shutdown: &CancellationToken) {
-        let (ack, reply) = self.process(&delivery, shutdown).await;
+        let (ack, reply, wrote_events) = self.process(&delivery, shutdown).await;
         if let (Some(reply), Some(reply_to)) = (reply, delivery.properties.reply_to().as_ref()) {
             let mut properties = BasicProperties::default().with_content_type(cls_bus::MSGPACK.into());
             if let Some(correlation) = delivery.properties.correlation_id() {
@@ -274,49 +292,59 @@ impl CommandConsumer {
                 tracing::warn!(%error, "could not send the reply");
             }
         }
+        // Its events are in the outbox: this process's relay publishes them now, once the reply
+        // is on its way (the relay's transaction would otherwise compete with the caller's wait).
+        if wrote_events {
+            self.outbox_ready.notify_one();
+        }
         // A channel that died after we committed: the broker redelivers and the inbox replays.
         ack.settle(&delivery).await;
     }
 
-    /// Decides the reply and what to tell the broker.
-    async fn process(&self, delivery: &Delivery, shutdown: &CancellationToken) -> (Settle, Option<Reply>) {
+    /// Decides the reply, what to tell the broker, and whether the command left events in the
+    /// outbox.
+    async fn process(&self, delivery: &Delivery, shutdown: &CancellationToken) -> (Settle, Option<Reply>, bool) {
         let envelope: CommandEnvelope = match cls_contracts::decode(&delivery.data) {
             Ok(e) => e,
             Err(error) => {
                 tracing::error!(queue = %self.queue, %error, "dead-lettering an undecodable command");
                 self.count("?", "dead_lettered");
-                return (Settle::Reject, None);
+                return (Settle::Reject, None, false);
             }
         };
         let command_type = envelope.command.routing_key();
         let Ok(command_id) = envelope.command_id.parse::<Uuid>() else {
             tracing::error!(command_type, "dead-lettering a command without a valid id");
             self.count(command_type, "dead_lettered");
-            return (Settle::Reject, None);
+            return (Settle::Reject, None, false);
         };
         let span = tracing::info_span!("command", %command_id, command_type, request_id = %envelope.request_id);
         // Instrumented, not entered: the span must follow this future across awaits and threads.
         async {
             if envelope.schema_version != COMMAND_SCHEMA_VERSION || envelope.command.module() != self.module {
                 let why = format!("schema version {} / module {:?} not handled here", envelope.schema_version, envelope.command.module());
-                return self.dead_letter(command_id, &envelope, &why).await;
+                let (settle, reply) = self.dead_letter(command_id, &envelope, &why).await;
+                return (settle, reply, false);
             }
 
             let started = std::time::Instant::now();
             match with_retries(shutdown, || self.transact(command_id, &envelope)).await {
-                Ok((reply, targets)) => {
-                    self.count(command_type, if reply.replayed { "replayed" } else { "handled" });
-                    let reply = self.visible(reply, &targets).await;
+                Ok(done) => {
+                    self.count(command_type, if done.reply.replayed { "replayed" } else { "handled" });
+                    let reply = self.visible(done.reply, &done.targets, done.staged).await;
                     self.handling
                         .get_or_create(&vec![("command".to_owned(), command_type.to_owned())])
                         .observe(started.elapsed().as_secs_f64());
-                    (Settle::Ack, Some(reply))
+                    (Settle::Ack, Some(reply), done.wrote_events)
                 }
                 Err(GaveUp::Transient) => {
                     self.count(command_type, "requeued");
-                    (Settle::Requeue, None)
+                    (Settle::Requeue, None, false)
                 }
-                Err(GaveUp::Failed(HandleError::Fatal(error))) => self.dead_letter(command_id, &envelope, &format!("{error:#}")).await,
+                Err(GaveUp::Failed(HandleError::Fatal(error))) => {
+                    let (settle, reply) = self.dead_letter(command_id, &envelope, &format!("{error:#}")).await;
+                    (settle, reply, false)
+                }
                 Err(GaveUp::Failed(other)) => unreachable!("rejections are stored outcomes, not errors: {other:?}"),
             }
         }
@@ -326,8 +354,17 @@ impl CommandConsumer {
 
     /// Read-your-writes: a 2xx goes out only once every read reflects it; otherwise the caller
     /// gets 202 and polls the operation (committed; it reads `succeeded` once visible).
-    async fn visible(&self, reply: Reply, targets: &[Target]) -> Reply {
-        if !(200..300).contains(&reply.status) || crate::visibility::make_visible(&self.read_model, &self.pool, targets).await {
+    async fn visible(&self, reply: Reply, targets: &[Target], staged: Option<Staged>) -> Reply {
+        if !(200..300).contains(&reply.status) {
+            return reply;
+        }
+        // The documents read in the transaction; if they cannot be written, a fresh snapshot.
+        if let Some(staged) = staged
+            && self.read_model.apply_staged(&staged).await.is_ok()
+        {
+            return reply;
+        }
+        if crate::visibility::make_visible(&self.read_model, &self.pool, targets).await {
             return reply;
         }
         self.count("?", "accepted_not_visible");
@@ -361,8 +398,8 @@ impl CommandConsumer {
     }
 
     /// One attempt: the whole command in one transaction. Returns the reply to send and what it
-    /// made visible in the read model.
-    async fn transact(&self, command_id: Uuid, envelope: &CommandEnvelope) -> Result<(Reply, Vec<Target>), HandleError> {
+    /// must make visible in the read model.
+    async fn transact(&self, command_id: Uuid, envelope: &CommandEnvelope) -> Result<Transacted, HandleError> {
         let now = Utc::now();
         let principal = envelope.principal.scope();
         let record = NewCommand {
@@ -375,14 +412,9 @@ impl CommandConsumer {
             received_at: now,
         };
         let mut tx = self.pool.begin().await?;
-        match inbox::claim(&mut tx, &record).await? {
-            Claim::Existing(stored) => {
-                tx.commit().await?;
-                // A replayed 2xx must be visible too (the first answer may have been a 202).
-                let targets = stored.read_model_targets.iter().filter_map(|t| Target::decode(t)).collect();
-                return Ok((self.replay(command_id, envelope, stored), targets));
-            }
-            Claim::Claimed => {}
+        if let Claim::Existing(stored) = inbox::claim(&mut tx, &record).await? {
+            tx.commit().await?;
+            return Ok(self.replayed(command_id, envelope, stored));
         }
         let context = CommandContext {
             command_id,
@@ -391,49 +423,84 @@ impl CommandConsumer {
             now,
             command: envelope.command.clone(),
         };
-        let mut savepoint = (&mut tx).begin().await?;
-        let result = (self.dispatch)(&mut savepoint, &context).await;
-        let (status, body, secret, targets) = match result {
-            Ok(mut handled) => {
-                savepoint.commit().await?;
-                let (status, body, secret) = (handled.status, handled.body.to_string(), handled.secret);
-                let targets = crate::visibility::draw_versions(&mut tx, &std::mem::take(&mut handled.touched)).await?;
-                self.record_effects(&mut tx, &context, handled).await?;
-                (status, body, secret, targets)
-            }
+        let mut handled = match (self.dispatch)(&mut tx, &context).await {
+            Ok(handled) => handled,
             Err(HandleError::Rejected { code, detail, errors, extra }) => {
-                savepoint.rollback().await?;
+                // Nothing the use case did may stay: the whole transaction goes, and the refusal
+                // is stored under a fresh claim. (A savepoint would keep the claim, at two round
+                // trips on every command that is not refused.)
+                tx.rollback().await?;
                 let problem = Problem { errors, extra, ..Problem::new(code, detail, &envelope.request_id) };
-                (problem.status, problem.to_json(), false, Vec::new())
+                return self.store_refusal(command_id, envelope, &record, problem).await;
             }
             Err(other) => return Err(other),
         };
+        let (status, body, secret) = (handled.status, handled.body.to_string(), handled.secret);
+        let targets = crate::visibility::draw_versions(&mut tx, &std::mem::take(&mut handled.touched)).await?;
+        let staged = match self.read_model.stage(&mut tx, &targets).await {
+            Ok(staged) => staged,
+            Err(RefreshError::Store(error)) => return Err(error.into()),
+            // Redis trouble: the change is made visible (or answered 202) after the commit.
+            Err(_) => None,
+        };
+        let (audit, events) = effects_of(&self.cause(&context), handled.events, handled.audit);
         let stored = if secret { self.secrets.seal(body.as_bytes()) } else { body.clone().into_bytes() };
         let encoded: Vec<String> = targets.iter().map(Target::encode).collect();
         let outcome = inbox::Outcome { status, body: &stored, sealed: secret, read_model_targets: &encoded };
-        inbox::complete(&mut tx, command_id, &outcome, now).await?;
+        let command = effects::CommandOutcome { command_id, outcome: &outcome, completed_at: now };
+        effects::record(&mut tx, &audit, &events, Some(&command)).await?;
         tx.commit().await?;
-        // Its events are in the outbox: this process's relay publishes them now.
-        self.outbox_ready.notify_one();
-        Ok((Reply { command_id: command_id.to_string(), status, body, replayed: false }, targets))
+        Ok(Transacted {
+            reply: Reply { command_id: command_id.to_string(), status, body, replayed: false },
+            targets,
+            staged,
+            wrote_events: !events.is_empty(),
+        })
     }
 
-    /// Audit entries and outbox events, in the command's transaction.
-    async fn record_effects(&self, tx: &mut sqlx::PgConnection, context: &CommandContext, handled: Handled) -> Result<(), HandleError> {
+    /// Stores a refused command's problem as its outcome, in a transaction of its own (the use
+    /// case's was rolled back). A duplicate that claimed the command in between wins: its
+    /// outcome is replayed.
+    async fn store_refusal(&self, command_id: Uuid, envelope: &CommandEnvelope, record: &NewCommand<'_>, problem: Problem) -> Result<Transacted, HandleError> {
+        let body = problem.to_json();
+        let mut tx = self.pool.begin().await?;
+        if let Claim::Existing(stored) = inbox::claim(&mut tx, record).await? {
+            tx.commit().await?;
+            return Ok(self.replayed(command_id, envelope, stored));
+        }
+        let outcome = inbox::Outcome { status: problem.status, body: body.as_bytes(), sealed: false, read_model_targets: &[] };
+        inbox::complete(&mut tx, command_id, &outcome, record.received_at).await?;
+        tx.commit().await?;
+        Ok(Transacted {
+            reply: Reply { command_id: command_id.to_string(), status: problem.status, body, replayed: false },
+            targets: Vec::new(),
+            staged: None,
+            wrote_events: false,
+        })
+    }
+
+    /// A command seen before: its stored outcome, whose 2xx must be visible too (the first
+    /// answer may have been a 202).
+    fn replayed(&self, command_id: Uuid, envelope: &CommandEnvelope, stored: inbox::StoredCommand) -> Transacted {
+        let targets = stored.read_model_targets.iter().filter_map(|t| Target::decode(t)).collect();
+        Transacted { reply: self.replay(command_id, envelope, stored), targets, staged: None, wrote_events: false }
+    }
+
+    /// Who and what caused a command's audit entries and events.
+    fn cause<'a>(&self, context: &'a CommandContext) -> Cause<'a> {
         let (actor_kind, actor_id) = match &context.principal {
             cls_contracts::Principal::Admin => ("admin", None),
             cls_contracts::Principal::ApiKey { api_key_id, .. } => ("api_key", Some(api_key_id.clone())),
             cls_contracts::Principal::LicenseKey { .. } => ("license_key", None),
         };
-        let cause = Cause {
+        Cause {
             actor_kind,
             actor_id,
             correlation_id: Some(&context.request_id),
             command_id: Some(context.command_id),
             causation_id: Some(context.command_id.to_string()),
             now: context.now,
-        };
-        append_effects(tx, &cause, handled.events, handled.audit).await
+        }
     }
 
     /// The reply for a command seen before.
