@@ -38,7 +38,8 @@ pub async fn provision(conn: &mut PgConnection, ctx: &CommandContext, c: &Provis
     let mut ids = Vec::with_capacity(c.products.len());
     for item in &c.products {
         let product = &products[&item.code];
-        if licenses::has_live_license(conn, key.id, product.id).await? {
+        // A key this command created holds nothing yet.
+        if secret.is_none() && licenses::has_live_license(conn, key.id, product.id).await? {
             return Err(license_exists(&item.code));
         }
         let seat_limit = match item.seat_limit {
@@ -192,8 +193,7 @@ async fn generate_key(
     Err(HandleError::Fatal(anyhow::anyhow!("three generated keys collided")))
 }
 
-/// Inserts a key; `None` when its hash is taken. The insert runs in a nested savepoint so a
-/// collision does not abort the command's transaction.
+/// Inserts a key; `None` when its hash is taken.
 async fn insert_key(
     conn: &mut PgConnection,
     ctx: &CommandContext,
@@ -202,8 +202,6 @@ async fn insert_key(
     key: &LicenseKey,
     imported: bool,
 ) -> Result<Option<LicenseKeyRecord>, HandleError> {
-    use sqlx::Connection;
-    let mut savepoint = conn.begin().await?;
     let new = NewLicenseKey {
         id: Uuid::now_v7(),
         brand_id,
@@ -213,15 +211,9 @@ async fn insert_key(
         imported,
         created_at: ctx.now,
     };
-    match licenses::insert_key(&mut savepoint, &new).await {
-        Ok(record) => {
-            savepoint.commit().await?;
-            Ok(Some(record))
-        }
-        Err(WriteError::Conflict(_)) => {
-            savepoint.rollback().await?;
-            Ok(None)
-        }
+    match licenses::insert_key(conn, &new).await {
+        Ok(record) => Ok(Some(record)),
+        Err(WriteError::Conflict(_)) => Ok(None),
         Err(WriteError::Store(e)) => Err(e.into()),
     }
 }

@@ -137,7 +137,9 @@ pub struct NewLicenseKey<'a> {
 pub async fn insert_key(conn: &mut PgConnection, k: &NewLicenseKey<'_>) -> Result<LicenseKeyRecord, WriteError<KeyTaken>> {
     sqlx::query_as::<_, LicenseKeyRecord>(sqlx::AssertSqlSafe(format!(
         "INSERT INTO license_keys (id, brand_id, customer_email, key_hash, key_hint, imported, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING {KEY_COLUMNS}"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+         ON CONFLICT ON CONSTRAINT license_keys_key_hash_key DO NOTHING
+         RETURNING {KEY_COLUMNS}"
     )))
     .bind(k.id)
     .bind(k.brand_id)
@@ -146,12 +148,11 @@ pub async fn insert_key(conn: &mut PgConnection, k: &NewLicenseKey<'_>) -> Resul
     .bind(k.key_hint)
     .bind(k.imported)
     .bind(k.created_at)
-    .fetch_one(conn)
+    .fetch_optional(conn)
     .await
-    .map_err(|e| match unique_violation(&e).as_deref() {
-        Some("license_keys_key_hash_key") => WriteError::Conflict(KeyTaken),
-        _ => WriteError::Store(e.into()),
-    })
+    .map_err(|e| WriteError::Store(e.into()))?
+    // A taken hash inserts nothing (and, unlike a unique violation, leaves the transaction usable).
+    .ok_or(WriteError::Conflict(KeyTaken))
 }
 
 /// Whether the key holds a non-cancelled license for the product.
