@@ -448,7 +448,7 @@ async fn run(format: &str, given_secrets: bool) {
         .await
         .unwrap();
 
-    let pool = cls_store::pool::connect_now(&database_url, 2, "secrets-test").await.expect("the run's database");
+    let pool = cls_store::pool::connect_now(&database_url, 2, "secrets-test", cls_store::pool::Planning::Default).await.expect("the run's database");
     let api = Api { http: http.clone(), base: format!("http://{http_addr}"), exchanges: Mutex::new(Vec::new()), request_ids: Mutex::new(Vec::new()) };
     let (keys, expected_events) = scenario(&api, &format!("http://{query_addr}"), &admin, &internal, &pool).await;
 

@@ -17,7 +17,7 @@ struct Db {
 async fn database() -> Db {
     let url = format!("{LOCAL_DATABASE}/cls_store_{}", Uuid::now_v7().simple());
     cls_store::pool::create_database_if_missing(&url).await.unwrap();
-    let pool = cls_store::pool::connect_now(&url, 3, "store-tests").await.unwrap();
+    let pool = cls_store::pool::connect_now(&url, 3, "store-tests", cls_store::pool::Planning::Default).await.unwrap();
     cls_store::pool::migrate(&pool).await.unwrap();
     // Migrating twice is a no-op.
     cls_store::pool::migrate(&pool).await.unwrap();

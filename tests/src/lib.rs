@@ -126,7 +126,7 @@ impl TestCluster {
         }
 
         cls_store::pool::create_database_if_missing(&database_url).await.expect("create test database");
-        let pool = cls_store::pool::connect_now(&database_url, 4, "cls-tests").await.expect("connect test database");
+        let pool = cls_store::pool::connect_now(&database_url, 4, "cls-tests", cls_store::pool::Planning::Default).await.expect("connect test database");
         cls_store::pool::migrate(&pool).await.expect("migrate test database");
 
         let mut services = Vec::new();

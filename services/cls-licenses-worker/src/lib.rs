@@ -26,7 +26,7 @@ impl LicensesWorker {
 /// Builds the licenses worker (connects, declares the topology, binds the ops listener).
 pub async fn build(settings: Settings) -> anyhow::Result<LicensesWorker> {
     // The sweeper has its own small pool, so a long sweep never starves command handling.
-    let sweeper_pool = cls_store::pool::connect(&settings.database_url, 2, "expiry-sweeper").await?;
+    let sweeper_pool = cls_store::pool::connect(&settings.database_url, 2, "expiry-sweeper", cls_store::pool::Planning::Generic).await?;
     let sweep_interval = settings.sweep_interval;
     let worker = Worker::build(settings, ServiceKind::LicensesWorker, cls_contracts::Module::Licenses, dispatch).await?;
     Ok(LicensesWorker { worker, sweeper_pool, sweep_interval })

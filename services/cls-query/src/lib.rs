@@ -58,7 +58,7 @@ pub struct App {
 
 impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
-        let pool = cls_store::pool::connect_now(&settings.database_url, settings.db_pool_size, ServiceKind::Query.name()).await?;
+        let pool = cls_store::pool::connect_now(&settings.database_url, settings.db_pool_size, ServiceKind::Query.name(), cls_store::pool::Planning::Default).await?;
         let read_model = Arc::new(ReadModel::connect(&settings.redis_url, &settings.namespace).await?);
         // The projector's queue is declared here, with its consumer (see cls_bus::topology).
         let amqp = Arc::new(cls_bus::Link::open(&settings.amqp_url, ServiceKind::Query.name()).await?);

@@ -14,7 +14,7 @@ const AMQP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// migrations (safe alongside other processes: the migrator takes an advisory lock).
 pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
     cls_store::pool::create_database_if_missing(database_url).await?;
-    let pool = cls_store::pool::connect_now(database_url, 2, "cls-migrate").await?;
+    let pool = cls_store::pool::connect_now(database_url, 2, "cls-migrate", cls_store::pool::Planning::Default).await?;
     let migrated = cls_store::pool::migrate(&pool).await;
     pool.close().await;
     migrated?;
@@ -52,7 +52,7 @@ pub async fn declare_topology(amqp_url: &str, namespace: &str) -> anyhow::Result
 /// Rewrites the read model of `namespace` from Postgres, reporting progress on stderr and a
 /// summary on stdout.
 pub async fn rebuild_read_model(database_url: &str, redis_url: &str, namespace: &str, wipe: bool) -> anyhow::Result<()> {
-    let pool = cls_store::pool::connect_now(database_url, 17, "cls-read-model").await?;
+    let pool = cls_store::pool::connect_now(database_url, 17, "cls-read-model", cls_store::pool::Planning::Default).await?;
     let read_model = cls_readmodel::ReadModel::connect(redis_url, namespace).await?;
     if !read_model.is_connected() {
         anyhow::bail!("cannot connect to Redis at CLS_REDIS_URL");

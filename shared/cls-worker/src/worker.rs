@@ -42,7 +42,7 @@ pub struct Worker {
 
 impl Worker {
     pub async fn build(settings: Settings, kind: ServiceKind, module: Module, dispatch: Dispatch) -> anyhow::Result<Worker> {
-        let pool = cls_store::pool::connect_now(&settings.database_url, settings.db_pool_size, kind.name()).await?;
+        let pool = cls_store::pool::connect_now(&settings.database_url, settings.db_pool_size, kind.name(), cls_store::pool::Planning::Generic).await?;
         // Separate connections for consuming and publishing: a broker that blocks publishers
         // (resource alarm) must not stop deliveries and acks.
         let consume = Arc::new(Link::open(&settings.amqp_url, &format!("{}-consume", kind.name())).await?);
