@@ -8,8 +8,10 @@
 //! hash is `retired`); unknown keys get short-lived negative entries at version 0, which any real
 //! document replaces.
 //!
-//! Writers always take their data from a Postgres snapshot read *after* the change committed
-//! ([`ReadModel::refresh_key`]), never from a message. A write also carries the read model's
+//! Writers always take their data from a Postgres snapshot, never from a message: read *after*
+//! the change committed ([`ReadModel::refresh_key`]), or, for a worker's read-your-writes, inside
+//! its transaction once the versions are drawn and written after the commit
+//! ([`ReadModel::stage`]). A write also carries the read model's
 //! epoch, read before the snapshot: if the namespace was wiped meanwhile (epoch gone or new),
 //! the write is refused and retried from a fresh snapshot, so a snapshot taken before a wipe
 //! can never land after it and bring back an old version.
