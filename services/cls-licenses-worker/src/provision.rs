@@ -35,7 +35,7 @@ pub async fn provision(conn: &mut PgConnection, ctx: &CommandContext, c: &Provis
         ));
     }
 
-    let mut ids = Vec::with_capacity(c.products.len());
+    let mut new = Vec::with_capacity(c.products.len());
     for item in &c.products {
         let product = &products[&item.code];
         // A key this command created holds nothing yet.
@@ -52,14 +52,16 @@ pub async fn provision(conn: &mut PgConnection, ctx: &CommandContext, c: &Provis
             Setting::None => None,
             Setting::Value(at) => Some(cls_contracts::parse_time(at).ok_or_else(|| HandleError::malformed("expires_at"))?),
         };
-        let license = NewLicense { id: Uuid::now_v7(), brand_id, license_key_id: key.id, product_id: product.id, expires_at, seat_limit, created_at: ctx.now };
-        licenses::insert_license(conn, &license).await.map_err(|e| match e {
-            WriteError::Conflict(_) => license_exists(&item.code),
-            WriteError::Store(e) => e.into(),
-        })?;
-        ids.push(license.id);
+        new.push(NewLicense { id: Uuid::now_v7(), brand_id, license_key_id: key.id, product_id: product.id, expires_at, seat_limit, created_at: ctx.now });
     }
-    let views = licenses::licenses_by_ids(conn, &ids).await?;
+    let views = licenses::insert_licenses(conn, &new).await.map_err(|e| match e {
+        // Only when a concurrent command took a product between the check above and the insert.
+        WriteError::Conflict(_) => {
+            let codes: Vec<&str> = c.products.iter().map(|p| p.code.as_str()).collect();
+            license_exists(&codes.join("', '"))
+        }
+        WriteError::Store(e) => e.into(),
+    })?;
 
     let mut events = Vec::new();
     let mut audit = Vec::new();

@@ -176,25 +176,37 @@ pub struct NewLicense {
     pub created_at: DateTime<Utc>,
 }
 
-pub async fn insert_license(conn: &mut PgConnection, l: &NewLicense) -> Result<(), WriteError<LicenseExists>> {
-    sqlx::query(
-        "INSERT INTO licenses (id, brand_id, license_key_id, product_id, status, expires_at, seat_limit, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, 'valid', $5, $6, $7, $7)",
+/// Inserts new (valid) licenses and returns them as [`LicenseView`]s in id order, in one
+/// statement (a provisioning used to insert each license and then read them back).
+pub async fn insert_licenses(conn: &mut PgConnection, new: &[NewLicense]) -> Result<Vec<LicenseView>, WriteError<LicenseExists>> {
+    sqlx::query_as::<_, LicenseView>(
+        "WITH l AS (
+             INSERT INTO licenses (id, brand_id, license_key_id, product_id, status, expires_at, seat_limit, created_at, updated_at)
+             SELECT id, brand_id, license_key_id, product_id, 'valid', expires_at, seat_limit, created_at, created_at
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::timestamptz[], $6::int[], $7::timestamptz[])
+                  AS n (id, brand_id, license_key_id, product_id, expires_at, seat_limit, created_at)
+             RETURNING *
+         )
+         SELECT l.id, l.brand_id, l.license_key_id, k.key_hint, k.customer_email, l.product_id, p.code AS product,
+                l.status, l.expires_at, l.seat_limit, 0::bigint AS seats_used, l.created_at, l.updated_at, l.version
+         FROM l
+         JOIN license_keys k ON k.id = l.license_key_id
+         JOIN products p ON p.id = l.product_id
+         ORDER BY l.id",
     )
-    .bind(l.id)
-    .bind(l.brand_id)
-    .bind(l.license_key_id)
-    .bind(l.product_id)
-    .bind(l.expires_at)
-    .bind(l.seat_limit.map(|n| n as i32))
-    .bind(l.created_at)
-    .execute(conn)
+    .bind(new.iter().map(|l| l.id).collect::<Vec<_>>())
+    .bind(new.iter().map(|l| l.brand_id).collect::<Vec<_>>())
+    .bind(new.iter().map(|l| l.license_key_id).collect::<Vec<_>>())
+    .bind(new.iter().map(|l| l.product_id).collect::<Vec<_>>())
+    .bind(new.iter().map(|l| l.expires_at).collect::<Vec<_>>())
+    .bind(new.iter().map(|l| l.seat_limit.map(|n| n as i32)).collect::<Vec<_>>())
+    .bind(new.iter().map(|l| l.created_at).collect::<Vec<_>>())
+    .fetch_all(conn)
     .await
     .map_err(|e| match unique_violation(&e).as_deref() {
         Some("licenses_one_live_per_product") => WriteError::Conflict(LicenseExists),
         _ => WriteError::Store(e.into()),
-    })?;
-    Ok(())
+    })
 }
 
 /// One of the brand's licenses.
