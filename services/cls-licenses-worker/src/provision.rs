@@ -26,8 +26,8 @@ pub async fn provision(conn: &mut PgConnection, ctx: &CommandContext, c: &Provis
         .ok_or_else(|| HandleError::malformed("the provisioning's brand is not the caller's brand"))?;
     let email = Email::parse(&c.customer_email).map_err(HandleError::malformed)?;
 
-    let products = products_by_code(conn, brand_id, c).await?;
-    let (key, secret) = choose_key(conn, ctx, brand_id, &email, &c.key).await?;
+    let (prefix, products) = products_by_code(conn, brand_id, c).await?;
+    let (key, secret) = choose_key(conn, ctx, brand_id, &prefix, &email, &c.key).await?;
     if key.customer_email != email.as_str() {
         return Err(HandleError::rejected(
             ProblemCode::KeyEmailMismatch,
@@ -131,15 +131,20 @@ pub async fn provision(conn: &mut PgConnection, ctx: &CommandContext, c: &Provis
     Ok(Handled { status: 201, body: json!(body), secret: secret.is_some(), events, audit, touched: vec![Touched::LicenseKey(key.id)] })
 }
 
-/// The brand's products for the requested codes; any unknown code is a 404.
-async fn products_by_code(conn: &mut PgConnection, brand_id: Uuid, c: &Provision) -> Result<HashMap<String, ProductRecord>, HandleError> {
+/// The brand's key prefix and its products for the requested codes; any unknown code is a 404.
+async fn products_by_code(conn: &mut PgConnection, brand_id: Uuid, c: &Provision) -> Result<(KeyPrefix, HashMap<String, ProductRecord>), HandleError> {
     let codes: Vec<String> = c.products.iter().map(|p| p.code.clone()).collect();
-    let found: HashMap<String, ProductRecord> =
-        brands::find_products_by_codes(conn, brand_id, &codes).await?.into_iter().map(|p| (p.code.clone(), p)).collect();
+    let not_found = |code: &str| HandleError::rejected(ProblemCode::ProductNotFound, format!("No product with code '{code}'."));
+    // No brand has no products (the caller's brand always exists: its API key resolved).
+    let Some(catalog) = brands::catalog(conn, brand_id, &codes).await? else {
+        return Err(not_found(codes.first().map(String::as_str).unwrap_or_default()));
+    };
+    let prefix = KeyPrefix::parse(&catalog.key_prefix).map_err(HandleError::malformed)?;
+    let found: HashMap<String, ProductRecord> = catalog.products.into_iter().map(|p| (p.code.clone(), p)).collect();
     if let Some(missing) = codes.iter().find(|code| !found.contains_key(*code)) {
-        return Err(HandleError::rejected(ProblemCode::ProductNotFound, format!("No product with code '{missing}'.")));
+        return Err(not_found(missing));
     }
-    Ok(found)
+    Ok((prefix, found))
 }
 
 /// The key the licenses go on, and the full key when this command created it.
@@ -147,6 +152,7 @@ async fn choose_key(
     conn: &mut PgConnection,
     ctx: &CommandContext,
     brand_id: Uuid,
+    prefix: &KeyPrefix,
     email: &Email,
     choice: &KeyChoice,
 ) -> Result<(LicenseKeyRecord, Option<LicenseKey>), HandleError> {
@@ -170,10 +176,10 @@ async fn choose_key(
             licenses::lock_customer(conn, brand_id, email).await?;
             match licenses::latest_key(conn, brand_id, email).await? {
                 Some(key) => Ok((key, None)),
-                None => generate_key(conn, ctx, brand_id, email).await,
+                None => generate_key(conn, ctx, brand_id, prefix, email).await,
             }
         }
-        KeyChoice::New => generate_key(conn, ctx, brand_id, email).await,
+        KeyChoice::New => generate_key(conn, ctx, brand_id, prefix, email).await,
     }
 }
 
@@ -181,13 +187,12 @@ async fn generate_key(
     conn: &mut PgConnection,
     ctx: &CommandContext,
     brand_id: Uuid,
+    prefix: &KeyPrefix,
     email: &Email,
 ) -> Result<(LicenseKeyRecord, Option<LicenseKey>), HandleError> {
-    let brand = brands::find_brand(conn, brand_id).await?.ok_or_else(|| HandleError::malformed("unknown brand"))?;
-    let prefix = KeyPrefix::parse(&brand.key_prefix).map_err(HandleError::malformed)?;
     // 80 random bits: a collision is astronomically unlikely, but a retry costs nothing.
     for _ in 0..3 {
-        let key = LicenseKey::generate(&prefix, &mut rand::rng());
+        let key = LicenseKey::generate(prefix, &mut rand::rng());
         if let Some(record) = insert_key(conn, ctx, brand_id, email, &key, false).await? {
             return Ok((record, Some(key)));
         }

@@ -230,14 +230,47 @@ pub async fn list_products(
     .await?)
 }
 
-/// The brand's products with these codes (missing codes are simply absent from the result).
-pub async fn find_products_by_codes(conn: &mut PgConnection, brand_id: Uuid, codes: &[String]) -> Result<Vec<ProductRecord>, StoreError> {
-    Ok(sqlx::query_as::<_, ProductRecord>(
-        "SELECT id, brand_id, code, name, default_seat_limit, default_duration_days, created_at FROM products
-         WHERE brand_id = $1 AND code = ANY($2)",
+/// What a provisioning needs of its brand: the key prefix (for a new key) and the products with
+/// the requested codes (those that exist), in one lookup. `None` if there is no such brand.
+pub struct Catalog {
+    pub key_prefix: String,
+    pub products: Vec<ProductRecord>,
+}
+
+pub async fn catalog(conn: &mut PgConnection, brand_id: Uuid, codes: &[String]) -> Result<Option<Catalog>, StoreError> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        key_prefix: String,
+        id: Option<Uuid>,
+        code: Option<String>,
+        name: Option<String>,
+        default_seat_limit: Option<i32>,
+        default_duration_days: Option<i32>,
+        created_at: Option<DateTime<Utc>>,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT b.key_prefix, p.id, p.code, p.name, p.default_seat_limit, p.default_duration_days, p.created_at
+         FROM brands b LEFT JOIN products p ON p.brand_id = b.id AND p.code = ANY($2)
+         WHERE b.id = $1",
     )
     .bind(brand_id)
     .bind(codes)
     .fetch_all(conn)
-    .await?)
+    .await?;
+    let Some(key_prefix) = rows.first().map(|r| r.key_prefix.clone()) else { return Ok(None) };
+    let products = rows
+        .into_iter()
+        .filter_map(|r| {
+            Some(ProductRecord {
+                id: r.id?,
+                brand_id,
+                code: r.code?,
+                name: r.name?,
+                default_seat_limit: r.default_seat_limit,
+                default_duration_days: r.default_duration_days,
+                created_at: r.created_at?,
+            })
+        })
+        .collect();
+    Ok(Some(Catalog { key_prefix, products }))
 }
