@@ -113,22 +113,26 @@ async fn inbox_outbox_and_audit() {
     inbox::record_failure(&mut conn, &done, "late", Utc::now()).await.unwrap();
     assert!(inbox::find(&mut conn, id).await.unwrap().unwrap().succeeded());
 
-    // Outbox: append, claim with SKIP LOCKED, mark published.
+    // Outbox: append, claim and mark with SKIP LOCKED, unmark what was not confirmed.
     let events: Vec<outbox::NewOutboxEvent> = (0..3)
         .map(|i| outbox::NewOutboxEvent { event_id: Uuid::now_v7(), event_type: "brand.created", aggregate_id: Uuid::now_v7(), aggregate_version: i, payload: vec![i as u8], correlation_id: None })
         .collect();
     outbox::append(&mut conn, &events).await.unwrap();
     let mut tx = db.pool.begin().await.unwrap();
-    let claimed = outbox::claim_pending(&mut tx, 2).await.unwrap();
+    let claimed = outbox::claim_and_mark(&mut tx, 2, Utc::now()).await.unwrap();
     assert_eq!(claimed.len(), 2);
+    assert!(claimed[0].id < claimed[1].id, "claimed rows come back in outbox order");
+    assert_eq!(claimed[0].event_id, events[0].event_id);
     // Another relay skips the locked rows.
     let mut other = db.pool.begin().await.unwrap();
-    assert_eq!(outbox::claim_pending(&mut other, 10).await.unwrap().len(), 1);
+    assert_eq!(outbox::claim_and_mark(&mut other, 10, Utc::now()).await.unwrap().len(), 1);
     other.rollback().await.unwrap();
-    outbox::mark_published(&mut tx, &claimed.iter().map(|r| r.id).collect::<Vec<_>>(), Utc::now()).await.unwrap();
+    // The second row's publish was not confirmed: it stays pending.
+    outbox::unmark(&mut tx, &[claimed[1].id], "nack").await.unwrap();
     tx.commit().await.unwrap();
     let mut tx = db.pool.begin().await.unwrap();
-    assert_eq!(outbox::claim_pending(&mut tx, 10).await.unwrap().len(), 1);
+    let pending: Vec<Uuid> = outbox::claim_and_mark(&mut tx, 10, Utc::now()).await.unwrap().iter().map(|r| r.event_id).collect();
+    assert_eq!(pending, vec![events[1].event_id, events[2].event_id]);
     tx.rollback().await.unwrap();
 
     // Audit entries are never edited.

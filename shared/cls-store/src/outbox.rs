@@ -31,34 +31,33 @@ pub struct PendingEvent {
     pub correlation_id: Option<String>,
 }
 
-/// Locks up to `limit` unpublished rows for this transaction, skipping rows another relay holds.
-pub async fn claim_pending(conn: &mut PgConnection, limit: i64) -> Result<Vec<PendingEvent>, StoreError> {
-    Ok(sqlx::query_as::<_, PendingEvent>(
-        "SELECT id, event_id, event_type, payload, correlation_id FROM outbox
-         WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+/// Claims up to `limit` unpublished rows for this transaction (skipping rows another relay
+/// holds) and marks them published at `now`, in one statement; the rows come back in outbox
+/// order. The mark is the relay's bet that the publishes will be confirmed: rows that are not
+/// go back with [`unmark`] before the commit, and if the transaction never commits (a crash, a
+/// lost connection), nothing was marked.
+pub async fn claim_and_mark(conn: &mut PgConnection, limit: i64, now: DateTime<Utc>) -> Result<Vec<PendingEvent>, StoreError> {
+    let mut rows = sqlx::query_as::<_, PendingEvent>(
+        "UPDATE outbox SET published_at = $2, attempts = attempts + 1
+         WHERE id IN (SELECT id FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+         RETURNING id, event_id, event_type, payload, correlation_id",
     )
     .bind(limit)
+    .bind(now)
     .fetch_all(conn)
-    .await?)
+    .await?;
+    // RETURNING follows no order; events go out in outbox order.
+    rows.sort_by_key(|r| r.id);
+    Ok(rows)
 }
 
-pub async fn mark_published(conn: &mut PgConnection, ids: &[i64], now: DateTime<Utc>) -> Result<(), StoreError> {
+/// Takes back the mark of claimed rows whose publish was not confirmed (they stay in the
+/// outbox, with their attempt and error recorded).
+pub async fn unmark(conn: &mut PgConnection, ids: &[i64], error: &str) -> Result<(), StoreError> {
     if ids.is_empty() {
         return Ok(());
     }
-    sqlx::query("UPDATE outbox SET published_at = $2, attempts = attempts + 1 WHERE id = ANY($1)")
-        .bind(ids)
-        .bind(now)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-pub async fn mark_attempt_failed(conn: &mut PgConnection, ids: &[i64], error: &str) -> Result<(), StoreError> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1)")
+    sqlx::query("UPDATE outbox SET published_at = NULL, last_error = $2 WHERE id = ANY($1)")
         .bind(ids)
         .bind(error)
         .execute(conn)

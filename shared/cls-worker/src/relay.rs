@@ -1,9 +1,10 @@
 //! The outbox relay: publishes committed outbox rows to `<ns>.events` with confirms.
 //!
 //! Each batch is its own short transaction: lock up to [`BATCH`] unpublished rows with
-//! `FOR UPDATE SKIP LOCKED` (so N replicas share the work), publish them, wait for the confirms,
-//! mark the confirmed ones published, commit. A crash between confirm and commit republishes
-//! (at-least-once; consumers deduplicate by event id).
+//! `FOR UPDATE SKIP LOCKED` (so N replicas share the work) and mark them published in the same
+//! statement, publish them, wait for the confirms, take the mark back from the unconfirmed ones,
+//! commit. Nothing is marked unless the transaction commits; a crash between confirm and commit
+//! republishes (at-least-once; consumers deduplicate by event id).
 //!
 //! Woken in-process: the consumers of the same process signal [`Relay::ready`] after each
 //! commit, so a write wakes the one relay that has its events instead of every worker process
@@ -78,7 +79,7 @@ impl Relay {
     /// Publishes one batch; returns how many rows it claimed.
     async fn relay_batch(&self, publisher: &Publisher) -> anyhow::Result<usize> {
         let mut tx = self.pool.begin().await?;
-        let rows = outbox::claim_pending(&mut tx, BATCH).await?;
+        let rows = outbox::claim_and_mark(&mut tx, BATCH, Utc::now()).await?;
         if rows.is_empty() {
             tx.commit().await?;
             return Ok(0);
@@ -123,8 +124,7 @@ impl Relay {
             };
             if ok { published.push(id) } else { failed.push(id) }
         }
-        outbox::mark_published(&mut tx, &published, Utc::now()).await?;
-        outbox::mark_attempt_failed(&mut tx, &failed, "not confirmed by the broker").await?;
+        outbox::unmark(&mut tx, &failed, "not confirmed by the broker").await?;
         tx.commit().await?;
         self.published.inc_by(published.len() as u64);
         if !failed.is_empty() {
