@@ -236,7 +236,10 @@ struct FieldTypes {
     unsigned: bool,
 }
 
-const SCALARS: [(&str, fn() -> Probe); 4] = [
+/// A JSON type's name and a value of it to probe with.
+type Scalar = (&'static str, fn() -> Probe);
+
+const SCALARS: [Scalar; 4] = [
     ("null", || Probe::Null),
     ("string", || Probe::Str("x".into())),
     ("integer", || Probe::Int(1)),
