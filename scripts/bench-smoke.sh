@@ -97,8 +97,11 @@ grep -q "CLS is ready" "$work/up.log" || { echo "bench-smoke: the cluster was no
 
 if [ -n "$full" ]; then
   mkdir -p target/bench
-  echo "bench-smoke: cls bench --concurrency 1,64 $*"
-  "$bin/cls" bench --url "http://$CLS_HTTP_ADDR" --concurrency 1,64 \
+  # `--concurrency` accumulates in cls bench: the default only when the caller gave none.
+  concurrency=(--concurrency 1,64)
+  for arg in "$@"; do case $arg in --concurrency|--concurrency=*) concurrency=() ;; esac; done
+  echo "bench-smoke: cls bench ${concurrency[*]} $*"
+  "$bin/cls" bench --url "http://$CLS_HTTP_ADDR" "${concurrency[@]}" \
     --query-metrics "http://127.0.0.1:$((ops_base + 1))/metrics" --json-out target/bench/latest.json "$@"
   echo "bench-smoke: JSON in target/bench/latest.json ($(( $(date +%s) - started )) s)"
   exit 0
