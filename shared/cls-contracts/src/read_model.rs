@@ -208,12 +208,6 @@ impl Tagged for KeyDoc {
     }
 }
 
-impl<'de> Deserialize<'de> for KeyDoc {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserialize_tagged(deserializer)
-    }
-}
-
 /// The variant names of [`LicenseDoc`]: a variant added there is added here, with a golden encoding in the tests.
 #[derive(Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -230,12 +224,6 @@ impl Tagged for LicenseDoc {
             LicenseState::Live => Box::<LiveLicense>::deserialize(fields).map(LicenseDoc::Live),
             LicenseState::Unknown => without_fields(LicenseDoc::Unknown, fields),
         }
-    }
-}
-
-impl<'de> Deserialize<'de> for LicenseDoc {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserialize_tagged(deserializer)
     }
 }
 
@@ -260,11 +248,19 @@ impl Tagged for ApiKeyDoc {
     }
 }
 
-impl<'de> Deserialize<'de> for ApiKeyDoc {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserialize_tagged(deserializer)
-    }
+/// Each document decodes through [`deserialize_tagged`] (a blanket impl over [`Tagged`] is not
+/// allowed for serde's trait).
+macro_rules! deserialize_through_tag {
+    ($($doc:ty),+) => {$(
+        impl<'de> Deserialize<'de> for $doc {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                deserialize_tagged(deserializer)
+            }
+        }
+    )+};
 }
+
+deserialize_through_tag!(KeyDoc, LicenseDoc, ApiKeyDoc);
 
 #[cfg(test)]
 mod tests {

@@ -24,12 +24,6 @@ pub struct AuditEntry {
     pub at: DateTime<Utc>,
 }
 
-/// Appends entries in the caller's transaction (see [`crate::effects::record`] to write them
-/// together with events and an outcome).
-pub async fn append(conn: &mut PgConnection, entries: &[AuditEntry]) -> Result<(), StoreError> {
-    crate::effects::record(conn, entries, &[], None).await
-}
-
 /// A target's entries, newest first (ids are UUIDv7, so id order is time order), older than the
 /// `before` cursor.
 pub async fn list_for_target(conn: &mut PgConnection, target_id: Uuid, before: Option<Uuid>, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {

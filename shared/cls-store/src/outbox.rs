@@ -17,11 +17,6 @@ pub struct NewOutboxEvent {
     pub correlation_id: Option<String>,
 }
 
-/// Appends events, in order, in the caller's transaction (see [`crate::effects::record`]).
-pub async fn append(conn: &mut PgConnection, events: &[NewOutboxEvent]) -> Result<(), StoreError> {
-    crate::effects::record(conn, &[], events, None).await
-}
-
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PendingEvent {
     pub id: i64,

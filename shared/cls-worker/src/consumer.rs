@@ -6,7 +6,7 @@
 //! transaction back and stores only the inbox row with its problem outcome, under a fresh claim.
 //! A success draws the read-model versions of what it touched, reads their documents inside the
 //! transaction, writes audit entries, outbox events and its outcome in one statement, commits,
-//! writes the documents to Redis (read-your-writes), replies, wakes the relay and acks.
+//! writes the documents to Redis (read-your-writes), wakes the relay, replies and acks.
 //! Transient failures are retried
 //! in place with backoff (the delivery stays unacked, which also holds back the consumer through
 //! its prefetch); fatal ones are recorded as a failed operation and dead-lettered.
@@ -277,7 +277,7 @@ impl CommandConsumer {
     }
 
     async fn handle(&self, delivery: Delivery, replies: &Channel, shutdown: &CancellationToken) {
-        let (ack, reply, wrote_events) = self.process(&delivery, shutdown).await;
+        let (ack, reply) = self.process(&delivery, shutdown).await;
         if let (Some(reply), Some(reply_to)) = (reply, delivery.properties.reply_to().as_ref()) {
             let mut properties = BasicProperties::default().with_content_type(cls_bus::MSGPACK.into());
             if let Some(correlation) = delivery.properties.correlation_id() {
@@ -292,39 +292,32 @@ impl CommandConsumer {
                 tracing::warn!(%error, "could not send the reply");
             }
         }
-        // Its events are in the outbox: this process's relay publishes them now, once the reply
-        // is on its way (the relay's transaction would otherwise compete with the caller's wait).
-        if wrote_events {
-            self.outbox_ready.notify_one();
-        }
         // A channel that died after we committed: the broker redelivers and the inbox replays.
         ack.settle(&delivery).await;
     }
 
-    /// Decides the reply, what to tell the broker, and whether the command left events in the
-    /// outbox.
-    async fn process(&self, delivery: &Delivery, shutdown: &CancellationToken) -> (Settle, Option<Reply>, bool) {
+    /// Decides the reply and what to tell the broker.
+    async fn process(&self, delivery: &Delivery, shutdown: &CancellationToken) -> (Settle, Option<Reply>) {
         let envelope: CommandEnvelope = match cls_contracts::decode(&delivery.data) {
             Ok(e) => e,
             Err(error) => {
                 tracing::error!(queue = %self.queue, %error, "dead-lettering an undecodable command");
                 self.count("?", "dead_lettered");
-                return (Settle::Reject, None, false);
+                return (Settle::Reject, None);
             }
         };
         let command_type = envelope.command.routing_key();
         let Ok(command_id) = envelope.command_id.parse::<Uuid>() else {
             tracing::error!(command_type, "dead-lettering a command without a valid id");
             self.count(command_type, "dead_lettered");
-            return (Settle::Reject, None, false);
+            return (Settle::Reject, None);
         };
         let span = tracing::info_span!("command", %command_id, command_type, request_id = %envelope.request_id);
         // Instrumented, not entered: the span must follow this future across awaits and threads.
         async {
             if envelope.schema_version != COMMAND_SCHEMA_VERSION || envelope.command.module() != self.module {
                 let why = format!("schema version {} / module {:?} not handled here", envelope.schema_version, envelope.command.module());
-                let (settle, reply) = self.dead_letter(command_id, &envelope, &why).await;
-                return (settle, reply, false);
+                return self.dead_letter(command_id, &envelope, &why).await;
             }
 
             let started = std::time::Instant::now();
@@ -332,19 +325,22 @@ impl CommandConsumer {
                 Ok(done) => {
                     self.count(command_type, if done.reply.replayed { "replayed" } else { "handled" });
                     let reply = self.visible(done.reply, &done.targets, done.staged).await;
+                    // Its events are in the outbox: this process's relay publishes them now that
+                    // the read model holds the change (the relay's transaction would otherwise
+                    // compete with the read-model write the caller waits for).
+                    if done.wrote_events {
+                        self.outbox_ready.notify_one();
+                    }
                     self.handling
                         .get_or_create(&vec![("command".to_owned(), command_type.to_owned())])
                         .observe(started.elapsed().as_secs_f64());
-                    (Settle::Ack, Some(reply), done.wrote_events)
+                    (Settle::Ack, Some(reply))
                 }
                 Err(GaveUp::Transient) => {
                     self.count(command_type, "requeued");
-                    (Settle::Requeue, None, false)
+                    (Settle::Requeue, None)
                 }
-                Err(GaveUp::Failed(HandleError::Fatal(error))) => {
-                    let (settle, reply) = self.dead_letter(command_id, &envelope, &format!("{error:#}")).await;
-                    (settle, reply, false)
-                }
+                Err(GaveUp::Failed(HandleError::Fatal(error))) => self.dead_letter(command_id, &envelope, &format!("{error:#}")).await,
                 Err(GaveUp::Failed(other)) => unreachable!("rejections are stored outcomes, not errors: {other:?}"),
             }
         }
