@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cls_tests::{ADMIN_TOKEN, TestCluster};
+use cls_tests::{ADMIN_TOKEN, Module, Options, TestCluster};
 use futures_lite::StreamExt;
 use hyper::{Method, StatusCode};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
@@ -68,5 +68,41 @@ async fn a_subscriber_receives_the_four_brand_events() {
     }
     let types: Vec<&str> = seen.keys().map(String::as_str).collect();
     assert_eq!(types, ["api_key.created", "api_key.revoked", "brand.created", "product.created"]);
+    c.stop().await;
+}
+
+/// The relay lingers after a commit so that the events committed meanwhile share a batch. A
+/// worker stopped during that wait publishes what it was holding before it exits, instead of
+/// leaving it in the outbox until some relay polls again.
+#[tokio::test]
+async fn a_worker_stopped_while_its_relay_lingers_publishes_first() {
+    let mut c = TestCluster::spawn_with(Options { brands_workers: 0, licenses_workers: 0, activations_workers: 0, ..Default::default() }).await;
+    // Far beyond the deadline below: only the stop can end this wait (and no other worker
+    // process polls the outbox).
+    c.settings.relay_linger = Duration::from_secs(600);
+    c.start_worker(Module::Brands).await;
+    let (_conn, ch) = c.amqp().await;
+    let queue = format!("{}.test-linger", c.namespace);
+    c.track_queue(queue.clone());
+    ch.queue_declare(queue.clone().into(), QueueDeclareOptions { durable: true, ..Default::default() }, Default::default()).await.unwrap();
+    ch.queue_bind(queue.clone().into(), c.topology().events_exchange().into(), "brand.created".into(), QueueBindOptions::default(), Default::default())
+        .await
+        .unwrap();
+
+    let brand = c.create_brand("lingering", "LG").await;
+    c.stop_workers().await;
+
+    let mut consumer = ch.basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), Default::default()).await.unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(15), consumer.next())
+        .await
+        .expect("brand.created is published when the worker stops")
+        .expect("stream open")
+        .expect("delivery");
+    delivery.ack(BasicAckOptions::default()).await.unwrap();
+    let value: rmpv::Value = rmpv::decode::read_value(&mut delivery.data.as_slice()).expect("MessagePack");
+    let aggregate = value.as_map().unwrap().iter().find(|(k, _)| k.as_str() == Some("aggregate_id")).map(|(_, v)| v.as_str().unwrap().to_owned());
+    assert_eq!(aggregate.as_deref(), brand["id"].as_str());
+    let unpublished: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(&c.pool).await.unwrap();
+    assert_eq!(unpublished, 0);
     c.stop().await;
 }

@@ -102,6 +102,10 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// `CLS_SWEEP_INTERVAL_MS`: how often the licenses worker's expiry sweeper runs.
     pub sweep_interval: Duration,
+    /// `CLS_RELAY_LINGER_MS`: how long a worker's outbox relay waits, once woken by a commit,
+    /// before it publishes, so events that commit meanwhile go out in the same batch (0 = at
+    /// once).
+    pub relay_linger: Duration,
     /// `CLS_READ_FALLBACK_LIMIT`: hot reads (cache misses, or all of them while Redis is down)
     /// the query service sends to Postgres at once; more wait briefly, then get 503.
     pub read_fallback_limit: u32,
@@ -137,6 +141,9 @@ impl Settings {
             worker_concurrency: 16,
             log_format: LogFormat::Text,
             sweep_interval: Duration::from_secs(60),
+            // One relay batch (and its broker writes) every 50 ms at most instead of one per
+            // command: measured in docs/benchmarks.md, proposal 17.
+            relay_linger: Duration::from_millis(50),
             read_fallback_limit: 8,
             rate_api_key: 6000,
             rate_ip: 1200,
@@ -208,6 +215,9 @@ impl Settings {
         if let Some(v) = get("CLS_SWEEP_INTERVAL_MS") {
             s.sweep_interval = Duration::from_millis(parse_num(&v, "CLS_SWEEP_INTERVAL_MS", 10, 86_400_000)?);
         }
+        if let Some(v) = get("CLS_RELAY_LINGER_MS") {
+            s.relay_linger = Duration::from_millis(parse_num(&v, "CLS_RELAY_LINGER_MS", 0, 10_000)?);
+        }
         for (name, field) in [
             ("CLS_RATE_API_KEY", &mut s.rate_api_key),
             ("CLS_RATE_IP", &mut s.rate_ip),
@@ -273,6 +283,18 @@ mod tests {
         pairs.push(("CLS_REPLY_TIMEOUT_MS", "soon"));
         let err = Settings::from_lookup(ServiceKind::Gateway, env(&pairs)).unwrap_err();
         assert!(err.to_string().contains("CLS_REPLY_TIMEOUT_MS"));
+    }
+
+    #[test]
+    fn relay_linger_is_bounded_and_may_be_zero() {
+        let with = |v: &str| {
+            let mut pairs = SECRETS.to_vec();
+            pairs.push(("CLS_RELAY_LINGER_MS", v));
+            Settings::from_lookup(ServiceKind::LicensesWorker, env(&pairs))
+        };
+        assert_eq!(Settings::from_lookup(ServiceKind::LicensesWorker, env(&SECRETS)).unwrap().relay_linger, Duration::from_millis(50));
+        assert_eq!(with("0").unwrap().relay_linger, Duration::ZERO);
+        assert!(with("10001").unwrap_err().to_string().contains("CLS_RELAY_LINGER_MS"));
     }
 
     #[test]

@@ -11,6 +11,14 @@
 //! on the database (a NOTIFY woke all of them: three claim transactions per write, two finding
 //! nothing). Rows nobody signals for — committed by a process that died before relaying them,
 //! or by the expiry sweeper — are found by polling every second.
+//!
+//! Once woken, the relay lingers ([`Relay::linger`], `CLS_RELAY_LINGER_MS`, 50 ms by default)
+//! before it claims, so the events of the commands that commit meanwhile share one batch. Every
+//! event is a write to the broker's quorum-queue log and a delivery to the projector; published
+//! one by one, right after each command, that work met the next command on its way through the
+//! same broker and cost a single client 0.7 ms per activation (docs/benchmarks.md, proposal 17).
+//! Events are asynchronous to their writers (the worker has already made the change visible to
+//! reads), so subscribers see them up to the linger later.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,14 +43,20 @@ pub struct Relay {
     pub published: Counter,
     /// Signalled after a commit that may have appended events.
     pub ready: Arc<Notify>,
+    /// How long to wait after a signal before claiming, to batch the events committed meanwhile.
+    pub linger: Duration,
 }
 
 impl Relay {
-    /// Relays until `shutdown`, rebuilding the channel after failures.
+    /// Relays until `shutdown`, rebuilding the channel after failures. A shutdown during the
+    /// linger publishes what is there once more, then stops.
     pub async fn run(self, publish: Arc<cls_bus::Link>, shutdown: CancellationToken) {
         let mut publisher: Option<Publisher> = None;
-        while !shutdown.is_cancelled() {
+        loop {
             if publisher.as_ref().is_none_or(|p| !p.is_open()) {
+                if shutdown.is_cancelled() {
+                    break;
+                }
                 let opened = match publish.connection().await {
                     Ok(conn) => Publisher::open(&conn, CONFIRM_TIMEOUT).await.map_err(anyhow::Error::from),
                     Err(error) => Err(error),
@@ -65,12 +79,20 @@ impl Relay {
                 },
                 None => false,
             };
+            if shutdown.is_cancelled() {
+                break;
+            }
             if more {
                 continue;
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = self.ready.notified() => {}
+                _ = self.ready.notified() => {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = tokio::time::sleep(self.linger) => {}
+                    }
+                }
                 _ = tokio::time::sleep(POLL) => {}
             }
         }

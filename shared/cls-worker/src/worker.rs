@@ -111,7 +111,13 @@ impl Worker {
             outbox_ready: outbox_ready.clone(),
             read_model: self.read_model.clone(),
         });
-        let relay = Relay { pool: self.pool.clone(), topology: self.topology.clone(), published, ready: outbox_ready.clone() };
+        let relay = Relay {
+            pool: self.pool.clone(),
+            topology: self.topology.clone(),
+            published,
+            ready: outbox_ready.clone(),
+            linger: self.settings.relay_linger,
+        };
         let events_consuming = Arc::new(AtomicBool::new(self.events.is_none()));
         let event_consumer = self.events.clone().map(|(queue, dispatch)| {
             Arc::new(EventConsumer {
