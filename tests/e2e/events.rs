@@ -4,22 +4,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cls_tests::{ADMIN_TOKEN, Module, Options, TestCluster};
-use futures_lite::StreamExt;
+use cls_tests::{ADMIN_TOKEN, Module, Options, TestCluster, next_delivery};
 use hyper::{Method, StatusCode};
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use serde_json::json;
 
 #[tokio::test]
 async fn a_subscriber_receives_the_four_brand_events() {
     let mut c = TestCluster::spawn().await;
     let (_conn, ch) = c.amqp().await;
-    let queue = format!("{}.test-subscriber", c.namespace);
-    c.track_queue(queue.clone());
-    ch.queue_declare(queue.clone().into(), QueueDeclareOptions { durable: true, ..Default::default() }, Default::default()).await.unwrap();
-    ch.queue_bind(queue.clone().into(), c.topology().events_exchange().into(), "#".into(), QueueBindOptions::default(), Default::default())
-        .await
-        .unwrap();
+    let mut consumer = c.subscribe(&ch, "test-subscriber", &["#"]).await;
 
     let brand = c.create_brand("evented", "EV").await;
     let brand_id = brand["id"].as_str().unwrap();
@@ -30,16 +23,10 @@ async fn a_subscriber_receives_the_four_brand_events() {
     let r = c.request(Method::DELETE, &format!("/v1/admin/api-keys/{}", created["id"].as_str().unwrap()), &[("x-admin-token", ADMIN_TOKEN)], None).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
 
-    let mut consumer = ch.basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), Default::default()).await.unwrap();
     let mut seen: BTreeMap<String, rmpv::Value> = BTreeMap::new();
     let mut ids = std::collections::HashSet::new();
     while seen.len() < 4 {
-        let delivery = tokio::time::timeout(Duration::from_secs(15), consumer.next())
-            .await
-            .expect("events arrive within the deadline")
-            .expect("stream open")
-            .expect("delivery");
-        delivery.ack(BasicAckOptions::default()).await.unwrap();
+        let delivery = next_delivery(&mut consumer, "the brand module's four events").await;
         assert_eq!(delivery.properties.content_type().as_ref().map(|s| s.as_str()), Some("application/msgpack"));
         let raw = String::from_utf8_lossy(&delivery.data).into_owned();
         assert!(!raw.contains(&secret), "an event carries the API key");
@@ -82,23 +69,12 @@ async fn a_worker_stopped_while_its_relay_lingers_publishes_first() {
     c.settings.relay_linger = Duration::from_secs(600);
     c.start_worker(Module::Brands).await;
     let (_conn, ch) = c.amqp().await;
-    let queue = format!("{}.test-linger", c.namespace);
-    c.track_queue(queue.clone());
-    ch.queue_declare(queue.clone().into(), QueueDeclareOptions { durable: true, ..Default::default() }, Default::default()).await.unwrap();
-    ch.queue_bind(queue.clone().into(), c.topology().events_exchange().into(), "brand.created".into(), QueueBindOptions::default(), Default::default())
-        .await
-        .unwrap();
+    let mut consumer = c.subscribe(&ch, "test-linger", &["brand.created"]).await;
 
     let brand = c.create_brand("lingering", "LG").await;
     c.stop_workers().await;
 
-    let mut consumer = ch.basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), Default::default()).await.unwrap();
-    let delivery = tokio::time::timeout(Duration::from_secs(15), consumer.next())
-        .await
-        .expect("brand.created is published when the worker stops")
-        .expect("stream open")
-        .expect("delivery");
-    delivery.ack(BasicAckOptions::default()).await.unwrap();
+    let delivery = next_delivery(&mut consumer, "brand.created, published when the worker stops").await;
     let value: rmpv::Value = rmpv::decode::read_value(&mut delivery.data.as_slice()).expect("MessagePack");
     let aggregate = value.as_map().unwrap().iter().find(|(k, _)| k.as_str() == Some("aggregate_id")).map(|(_, v)| v.as_str().unwrap().to_owned());
     assert_eq!(aggregate.as_deref(), brand["id"].as_str());

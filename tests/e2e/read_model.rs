@@ -10,11 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
-use cls_tests::{ADMIN_TOKEN, Options, TestCluster, TestResponse, eventually};
-use futures_lite::StreamExt;
+use cls_tests::{ADMIN_TOKEN, Options, TestCluster, TestResponse, eventually, next_delivery};
 use hyper::StatusCode;
 use lapin::BasicProperties;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------- helpers
@@ -275,14 +274,7 @@ async fn read_model_every_read_after_a_2xx_shows_the_write() {
 async fn read_model_replayed_old_events_and_lower_versions_leave_the_newest_state() {
     let mut c = TestCluster::spawn().await;
     let (_conn, ch) = c.amqp().await;
-    let queue = format!("{}.test-read-model-capture", c.namespace);
-    c.track_queue(queue.clone());
-    ch.queue_declare(queue.clone().into(), QueueDeclareOptions { durable: true, ..Default::default() }, Default::default()).await.unwrap();
-    for routing_key in ["license.suspended", "license.resumed"] {
-        ch.queue_bind(queue.clone().into(), c.topology().events_exchange().into(), routing_key.into(), QueueBindOptions::default(), Default::default())
-            .await
-            .unwrap();
-    }
+    let mut consumer = c.subscribe(&ch, "test-read-model-capture", &["license.suspended", "license.resumed"]).await;
 
     let (_, api) = brand_with_product(&c, "replay", "RP", 3).await;
     let (id, _, key) = provision(&c, &api, "replay@customer.io").await;
@@ -294,14 +286,8 @@ async fn read_model_replayed_old_events_and_lower_versions_leave_the_newest_stat
 
     // The real envelopes, as the relay published them.
     let mut captured: std::collections::BTreeMap<String, (Vec<u8>, BasicProperties)> = Default::default();
-    let mut consumer = ch.basic_consume(queue.clone().into(), "".into(), BasicConsumeOptions::default(), Default::default()).await.unwrap();
     while captured.len() < 2 {
-        let delivery = tokio::time::timeout(Duration::from_secs(15), consumer.next())
-            .await
-            .expect("the lifecycle events arrive")
-            .expect("stream open")
-            .expect("delivery");
-        delivery.ack(BasicAckOptions::default()).await.unwrap();
+        let delivery = next_delivery(&mut consumer, "the lifecycle events").await;
         captured.insert(delivery.routing_key.to_string(), (delivery.data.clone(), delivery.properties.clone()));
     }
 

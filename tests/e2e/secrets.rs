@@ -17,14 +17,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cls_runtime::{Secret, ServiceKind, Settings};
-use cls_tests::{LOCAL_DATABASE, binary_path, eventually};
-use futures_lite::StreamExt;
+use cls_tests::{LOCAL_DATABASE, binary_path, eventually, next_delivery, subscribe_queue};
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
@@ -443,10 +441,7 @@ async fn run(format: &str, given_secrets: bool) {
         let ch = conn.create_channel().await.unwrap();
         (conn, ch)
     };
-    ch.queue_declare(queue.clone().into(), QueueDeclareOptions { durable: true, ..Default::default() }, Default::default()).await.unwrap();
-    ch.queue_bind(queue.clone().into(), cls_bus::Topology::new(namespace.clone()).events_exchange().into(), "#".into(), QueueBindOptions::default(), Default::default())
-        .await
-        .unwrap();
+    let mut consumer = subscribe_queue(&ch, &queue, &cls_bus::Topology::new(namespace.clone()), &["#"]).await;
 
     let pool = cls_store::pool::connect_now(&database_url, 2, "secrets-test", cls_store::pool::Planning::Default).await.expect("the run's database");
     let api = Api { http: http.clone(), base: format!("http://{http_addr}"), exchanges: Mutex::new(Vec::new()), request_ids: Mutex::new(Vec::new()) };
@@ -458,15 +453,9 @@ async fn run(format: &str, given_secrets: bool) {
     })
     .await;
     let published: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&pool).await.unwrap();
-    let mut consumer = ch.basic_consume(queue.clone().into(), "".into(), BasicConsumeOptions::default(), Default::default()).await.unwrap();
     let mut types = BTreeSet::new();
     for _ in 0..published {
-        let delivery = tokio::time::timeout(Duration::from_secs(15), consumer.next())
-            .await
-            .expect("every published event reaches the subscriber")
-            .expect("stream open")
-            .expect("delivery");
-        delivery.ack(BasicAckOptions::default()).await.unwrap();
+        let delivery = next_delivery(&mut consumer, "every published event").await;
         let raw = String::from_utf8_lossy(&delivery.data);
         if let Some((name, _)) = keys.found_in(&raw).or(operator.found_in(&raw)) {
             panic!("a {} event holds the {name}: {}", delivery.routing_key, masked(&keys, &raw));

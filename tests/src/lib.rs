@@ -331,6 +331,15 @@ impl TestCluster {
         Topology::new(self.namespace.clone())
     }
 
+    /// A test subscriber to `<ns>.events`, as another internal system would be: a durable
+    /// queue `<ns>.<name>` bound with each routing key (removed at teardown), consumed on `ch`.
+    /// Events published before the first read wait in the queue.
+    pub async fn subscribe(&mut self, ch: &lapin::Channel, name: &str, routing_keys: &[&str]) -> lapin::Consumer {
+        let queue = format!("{}.{name}", self.namespace);
+        self.track_queue(queue.clone());
+        subscribe_queue(ch, &queue, &self.topology(), routing_keys).await
+    }
+
     /// Stops every service and removes the database, the AMQP namespace and the Redis keys.
     pub async fn stop(mut self) {
         self.stop_workers().await;
@@ -441,6 +450,31 @@ pub fn binary_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test-binary>
     exe.parent().and_then(|deps| deps.parent()).expect("target dir").join(name)
+}
+
+/// Declares the durable queue `queue`, binds it to the events exchange with each routing key and
+/// consumes it on `ch` (for tests whose cluster is not a [`TestCluster`]; the caller removes it).
+pub async fn subscribe_queue(ch: &lapin::Channel, queue: &str, topology: &Topology, routing_keys: &[&str]) -> lapin::Consumer {
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    ch.queue_declare(queue.into(), QueueDeclareOptions { durable: true, ..Default::default() }, Default::default()).await.expect("declare the subscriber's queue");
+    for key in routing_keys {
+        ch.queue_bind(queue.into(), topology.events_exchange().into(), (*key).into(), QueueBindOptions::default(), Default::default())
+            .await
+            .expect("bind the subscriber's queue");
+    }
+    ch.basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), Default::default()).await.expect("consume the subscriber's queue")
+}
+
+/// A subscriber's next delivery, acked; panics naming `what` if none arrives within 15 s.
+pub async fn next_delivery(consumer: &mut lapin::Consumer, what: &str) -> lapin::message::Delivery {
+    use futures_lite::StreamExt;
+    let delivery = tokio::time::timeout(Duration::from_secs(15), consumer.next())
+        .await
+        .unwrap_or_else(|_| panic!("timed out after 15 s waiting for: {what}"))
+        .expect("the subscriber's stream is open")
+        .expect("a delivery");
+    delivery.ack(lapin::options::BasicAckOptions::default()).await.expect("ack");
+    delivery
 }
 
 /// Polls `condition` until it holds, or panics after `deadline` naming what was awaited.
