@@ -291,9 +291,28 @@ async fn read_model_replayed_old_events_and_lower_versions_leave_the_newest_stat
         captured.insert(delivery.routing_key.to_string(), (delivery.data.clone(), delivery.properties.clone()));
     }
 
-    // The projector has applied the originals (once each).
-    let (suspended, resumed) = (projected("license.suspended", "applied"), projected("license.resumed", "applied"));
-    eventually(Duration::from_secs(15), "the projector applied the original events", || async {
+    // Each names what its command made visible: the key, at the version drawn then (the resume
+    // was the last change).
+    let (key_id, version): (uuid::Uuid, i64) =
+        sqlx::query_as("SELECT k.id, k.rm_version FROM licenses l JOIN license_keys k ON k.id = l.license_key_id WHERE l.id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&c.pool)
+            .await
+            .unwrap();
+    let header = |event: &str| {
+        let headers = captured[event].1.headers().clone().expect("headers");
+        match headers.inner().get(cls_bus::READ_MODEL_TARGETS_HEADER) {
+            Some(lapin::types::AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+            other => panic!("{event}: no read-model targets header: {other:?}"),
+        }
+    };
+    assert_eq!(header("license.resumed"), format!("key:{key_id}:{version}"));
+    assert!(header("license.suspended").starts_with(&format!("key:{key_id}:")));
+
+    // The workers had made both changes visible, so the projector saw from Redis alone that the
+    // originals needed nothing (once each).
+    let (suspended, resumed) = (projected("license.suspended", "already_visible"), projected("license.resumed", "already_visible"));
+    eventually(Duration::from_secs(15), "the projector handled the original events", || async {
         c.metric("query", &suspended).await >= 1.0 && c.metric("query", &resumed).await >= 1.0
     })
     .await;
@@ -318,7 +337,7 @@ async fn read_model_replayed_old_events_and_lower_versions_leave_the_newest_stat
             .unwrap();
         assert!(confirm.is_ack(), "the broker took the replayed event");
     }
-    eventually(Duration::from_secs(15), "the projector applied every replayed event", || async {
+    eventually(Duration::from_secs(15), "the projector handled every replayed event", || async {
         c.metric("query", &suspended).await >= s0 + 4.0 && c.metric("query", &resumed).await >= r0 + 2.0
     })
     .await;

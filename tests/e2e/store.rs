@@ -115,7 +115,7 @@ async fn inbox_outbox_and_audit() {
 
     // Outbox: append, claim and mark with SKIP LOCKED, unmark what was not confirmed.
     let events: Vec<outbox::NewOutboxEvent> = (0..3)
-        .map(|i| outbox::NewOutboxEvent { event_id: Uuid::now_v7(), event_type: "brand.created", aggregate_id: Uuid::now_v7(), aggregate_version: i, payload: vec![i as u8], correlation_id: None })
+        .map(|i| outbox::NewOutboxEvent { event_id: Uuid::now_v7(), event_type: "brand.created", aggregate_id: Uuid::now_v7(), aggregate_version: i, payload: vec![i as u8], correlation_id: None, read_model_targets: None })
         .collect();
     effects::record(&mut conn, &[], &events, None).await.unwrap();
     let mut tx = db.pool.begin().await.unwrap();

@@ -8,13 +8,17 @@
 //! down) is retried in place with backoff while the delivery stays unacked, which also pauses
 //! the consumer through its prefetch; undecodable events go to the queue's dead-letter queue.
 //! Workers already wrote what their commands changed (read-your-writes); the projector is what
-//! catches up when they could not (and for changes made by reactions and the sweeper).
+//! catches up when they could not (and for changes made by reactions and the sweeper). A
+//! command's events carry, in a header, the read-model targets its worker had to make visible;
+//! when Redis's markers already hold them, the event is acked without asking Postgres anything.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use cls_bus::READ_MODEL_TARGETS_HEADER;
 use cls_contracts::event::EVENT_SCHEMA_VERSION;
+use cls_contracts::read_model::Target;
 use cls_contracts::{Event, EventEnvelope};
 use cls_readmodel::{ReadModel, RefreshError};
 use cls_store::PgPool;
@@ -22,7 +26,8 @@ use cls_store::read_model::{ApiKeySelector, KeySelector};
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
-use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -66,7 +71,8 @@ pub struct Projector {
     pub pool: PgPool,
     pub read_model: Arc<ReadModel>,
     pub consuming: Arc<AtomicBool>,
-    /// Events by type and outcome (`applied`, `ignored`, `dead_lettered`, `requeued`).
+    /// Events by type and outcome (`applied`; `already_visible`: the read model held the event's
+    /// targets, checked in Redis alone; `ignored`, `dead_lettered`, `requeued`).
     pub outcomes: Family<Vec<(String, String)>, Counter>,
     /// From an event's `occurred_at` to the projector having applied (or ignored) it.
     pub lag: Gauge<f64, AtomicU64>,
@@ -136,6 +142,10 @@ impl Projector {
             }
             Err(why) => return self.dead_letter(delivery, event_type, &why).await,
         };
+        if self.already_visible(&delivery.properties).await {
+            self.count(event_type, "already_visible");
+            return ack(delivery).await;
+        }
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.apply(refresh).await {
@@ -157,6 +167,18 @@ impl Projector {
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
+        }
+    }
+
+    /// Whether the read model already holds everything the event's transaction changed. Its
+    /// writer (a worker's read-your-writes) names those targets in a header, and the markers in
+    /// Redis answer without Postgres. Anything short of a yes (no header, Redis unreachable, a
+    /// marker behind) takes the path of every event: the version check in Postgres, then a
+    /// refresh if needed.
+    async fn already_visible(&self, properties: &BasicProperties) -> bool {
+        match header_targets(properties) {
+            Some(targets) => matches!(self.read_model.reflects(&targets).await, Ok(true)),
+            None => false,
         }
     }
 
@@ -189,6 +211,16 @@ impl Projector {
             .get_or_create(&vec![("event".to_owned(), event_type.to_owned()), ("outcome".to_owned(), outcome.to_owned())])
             .inc();
     }
+}
+
+/// The read-model targets named by an event's header; `None` without one, or if any of them does
+/// not decode (then Postgres decides, as for any event).
+fn header_targets(properties: &BasicProperties) -> Option<Vec<Target>> {
+    let value = properties.headers().as_ref()?.inner().get(READ_MODEL_TARGETS_HEADER)?;
+    let AMQPValue::LongString(text) = value else { return None };
+    let text = std::str::from_utf8(text.as_bytes()).ok()?;
+    let targets: Option<Vec<Target>> = text.split(',').map(Target::decode).collect();
+    targets.filter(|t| !t.is_empty())
 }
 
 /// Sets the projector lag when an event's handling ends, whichever way it ends.
@@ -233,5 +265,29 @@ mod tests {
         assert_eq!(refresh_for(&rejected), Ok(None));
         let garbage = Event::ApiKeyRevoked(ApiKeyRevoked { api_key_id: "nope".into(), brand_id: "b".into(), revoked_at: "t".into() });
         assert!(refresh_for(&garbage).is_err());
+    }
+
+    fn with_header(value: Option<AMQPValue>) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        headers.insert("v".into(), AMQPValue::ShortInt(1));
+        if let Some(value) = value {
+            headers.insert(READ_MODEL_TARGETS_HEADER.into(), value);
+        }
+        BasicProperties::default().with_headers(headers)
+    }
+
+    #[test]
+    fn targets_come_from_the_header_and_nothing_less_than_all_of_them_counts() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let text = |s: String| Some(AMQPValue::LongString(s.into()));
+        assert_eq!(
+            header_targets(&with_header(text(format!("key:{a}:7,api_key:{b}:2")))),
+            Some(vec![Target::LicenseKey { id: a, version: 7 }, Target::ApiKey { id: b, version: 2 }])
+        );
+        assert_eq!(header_targets(&BasicProperties::default()), None, "no headers");
+        assert_eq!(header_targets(&with_header(None)), None, "no such header");
+        assert_eq!(header_targets(&with_header(text(String::new()))), None, "empty");
+        assert_eq!(header_targets(&with_header(text(format!("key:{a}:7,nonsense")))), None, "one undecodable");
+        assert_eq!(header_targets(&with_header(Some(AMQPValue::ShortInt(3)))), None, "not a string");
     }
 }

@@ -22,6 +22,11 @@ use lapin::ConnectionProperties;
 /// `content_type` of every CLS message.
 pub const MSGPACK: &str = "application/msgpack";
 
+/// Header of a domain event: the read-model targets its transaction's writer made visible
+/// (`key:<id>:<version>,…`), so the projector can see from Redis alone that the event needs no
+/// refresh. Absent when unknown. Not part of the event contract (SPEC §5): subscribers ignore it.
+pub const READ_MODEL_TARGETS_HEADER: &str = "cls-read-model-targets";
+
 /// How long opening a connection may take. With automatic recovery on, lapin keeps retrying a
 /// refused first connection instead of failing, so the bound is ours: a process that cannot
 /// reach the broker at startup fails with a clear error (and its supervisor restarts it)

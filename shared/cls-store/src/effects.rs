@@ -40,8 +40,8 @@ pub async fn record(
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::uuid[],
                                   $8::text[], $9::uuid[], $10::text[], $11::text[], $12::text[], $13::timestamptz[])
          ), events AS (
-             INSERT INTO outbox (event_id, event_type, aggregate_id, aggregate_version, payload, correlation_id)
-             SELECT * FROM UNNEST($14::uuid[], $15::text[], $16::uuid[], $17::bigint[], $18::bytea[], $19::text[])
+             INSERT INTO outbox (event_id, event_type, aggregate_id, aggregate_version, payload, correlation_id, read_model_targets)
+             SELECT * FROM UNNEST($14::uuid[], $15::text[], $16::uuid[], $17::bigint[], $18::bytea[], $19::text[], $26::text[])
          )
          UPDATE inbox SET state = 'succeeded', response_status = $21, response_body = $22, response_sealed = $23,
                           completed_at = $24, read_model_targets = $25
@@ -73,6 +73,7 @@ pub async fn record(
     .bind(command.map(|c| c.outcome.sealed))
     .bind(command.map(|c| c.completed_at))
     .bind(command.map(|c| c.outcome.read_model_targets))
+    .bind(events.iter().map(|e| e.read_model_targets.as_deref()).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())

@@ -15,6 +15,9 @@ pub struct NewOutboxEvent {
     /// The encoded event envelope.
     pub payload: Vec<u8>,
     pub correlation_id: Option<String>,
+    /// The read-model targets of the transaction that wrote the event, encoded and
+    /// comma-separated; `None` when not known (see migration 0005).
+    pub read_model_targets: Option<String>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -24,6 +27,7 @@ pub struct PendingEvent {
     pub event_type: String,
     pub payload: Vec<u8>,
     pub correlation_id: Option<String>,
+    pub read_model_targets: Option<String>,
 }
 
 /// Claims up to `limit` unpublished rows for this transaction (skipping rows another relay
@@ -35,7 +39,7 @@ pub async fn claim_and_mark(conn: &mut PgConnection, limit: i64, now: DateTime<U
     let mut rows = sqlx::query_as::<_, PendingEvent>(
         "UPDATE outbox SET published_at = $2, attempts = attempts + 1
          WHERE id IN (SELECT id FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-         RETURNING id, event_id, event_type, payload, correlation_id",
+         RETURNING id, event_id, event_type, payload, correlation_id, read_model_targets",
     )
     .bind(limit)
     .bind(now)

@@ -157,13 +157,22 @@ pub struct Cause<'a> {
 /// Appends audit entries and outbox events in the caller's transaction, filling in who, the
 /// request and the event envelopes.
 pub async fn append_effects(tx: &mut sqlx::PgConnection, cause: &Cause<'_>, events: Vec<NewEvent>, audit: Vec<Audit>) -> Result<(), HandleError> {
-    let (audit, events) = effects_of(cause, events, audit);
+    let (audit, events) = effects_of(cause, events, audit, None);
     effects::record(tx, &audit, &events, None).await?;
     Ok(())
 }
 
-/// The rows a transaction's audit entries and events become.
-fn effects_of(cause: &Cause<'_>, events: Vec<NewEvent>, audit: Vec<Audit>) -> (Vec<audit::AuditEntry>, Vec<outbox::NewOutboxEvent>) {
+/// The rows a transaction's audit entries and events become. `targets`: what the read model
+/// must hold for this transaction to be visible, when the writer makes it visible itself (a
+/// command's read-your-writes); every event carries them, so the projector can tell from Redis
+/// alone that it has nothing to do.
+fn effects_of(
+    cause: &Cause<'_>,
+    events: Vec<NewEvent>,
+    audit: Vec<Audit>,
+    targets: Option<&[Target]>,
+) -> (Vec<audit::AuditEntry>, Vec<outbox::NewOutboxEvent>) {
+    let read_model_targets = targets.filter(|t| !t.is_empty()).map(|t| t.iter().map(Target::encode).collect::<Vec<_>>().join(","));
     let entries: Vec<audit::AuditEntry> = audit
         .into_iter()
         .map(|a| audit::AuditEntry {
@@ -205,6 +214,7 @@ fn effects_of(cause: &Cause<'_>, events: Vec<NewEvent>, audit: Vec<Audit>) -> (V
                 aggregate_version: e.aggregate_version,
                 payload: cls_contracts::encode(&envelope),
                 correlation_id: cause.correlation_id.map(str::to_owned),
+                read_model_targets: read_model_targets.clone(),
             }
         })
         .collect();
@@ -439,7 +449,7 @@ impl CommandConsumer {
             // Redis trouble: the change is made visible (or answered 202) after the commit.
             Err(_) => None,
         };
-        let (audit, events) = effects_of(&self.cause(&context), handled.events, handled.audit);
+        let (audit, events) = effects_of(&self.cause(&context), handled.events, handled.audit, Some(&targets));
         let stored = if secret { self.secrets.seal(body.as_bytes()) } else { body.clone().into_bytes() };
         let encoded: Vec<String> = targets.iter().map(Target::encode).collect();
         let outcome = inbox::Outcome { status, body: &stored, sealed: secret, read_model_targets: &encoded };

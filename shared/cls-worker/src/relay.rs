@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use cls_bus::{MSGPACK, Publisher, Topology};
+use cls_bus::{MSGPACK, Publisher, READ_MODEL_TARGETS_HEADER, Topology};
 use cls_store::{PgPool, outbox};
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable};
@@ -116,6 +116,9 @@ impl Relay {
         for row in &rows {
             let mut headers = FieldTable::default();
             headers.insert("v".into(), AMQPValue::ShortInt(cls_contracts::event::EVENT_SCHEMA_VERSION as i16));
+            if let Some(targets) = &row.read_model_targets {
+                headers.insert(READ_MODEL_TARGETS_HEADER.into(), AMQPValue::LongString(targets.as_str().into()));
+            }
             let mut properties = BasicProperties::default()
                 .with_message_id(row.event_id.to_string().into())
                 .with_type(row.event_type.clone().into())
