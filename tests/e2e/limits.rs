@@ -79,6 +79,31 @@ async fn each_limit_counts_its_own_bucket_and_refuses_with_429() {
     c.stop().await;
 }
 
+/// Behind a trusted proxy (HAProxy in compose appends the client's address to
+/// `X-Forwarded-For`), each client has its own per-IP bucket; what a client writes into the
+/// header itself does not move it to another one.
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_ip_bucket() {
+    let loopback = cls_runtime::IpRange::parse("127.0.0.1").unwrap();
+    let c = TestCluster::spawn_with(Options { rate_limits: (0, 2, 0), trusted_proxies: vec![loopback], ..Options::default() }).await;
+    let validate = |forwarded: &'static str| {
+        let cluster = &c;
+        async move {
+            let r = cluster.post("/v1/license-keys/validate", &[("x-forwarded-for", forwarded)], &json!({"license_key": "NOPE-NOT-A-KEY"})).await;
+            (r.status, r.header("ratelimit-remaining").map(str::to_owned))
+        }
+    };
+    // The proxy appended 203.0.113.7: two requests pass, the third is refused.
+    assert_eq!(validate("203.0.113.7").await, (StatusCode::OK, Some("1".into())));
+    assert_eq!(validate("203.0.113.7").await, (StatusCode::OK, Some("0".into())));
+    assert_eq!(validate("203.0.113.7").await.0, StatusCode::TOO_MANY_REQUESTS);
+    // Another client behind the same proxy has its own bucket...
+    assert_eq!(validate("203.0.113.8").await, (StatusCode::OK, Some("1".into())));
+    // ...and the first one cannot escape its bucket by writing another address before its own.
+    assert_eq!(validate("198.51.100.1, 203.0.113.7").await.0, StatusCode::TOO_MANY_REQUESTS);
+    c.stop().await;
+}
+
 /// The namespace's rate-limit counters of one kind (`*` for all).
 async fn rate_limit_keys(redis: &fred::clients::Client, namespace: &str, kind: &str) -> Vec<String> {
     use fred::prelude::*;

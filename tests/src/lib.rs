@@ -40,11 +40,13 @@ pub struct Options {
     /// `(CLS_RATE_API_KEY, CLS_RATE_IP, CLS_RATE_LICENSE_KEY)`; off (0) unless a test is about
     /// rate limits, since tests send thousands of requests from one address.
     pub rate_limits: (u32, u32, u32),
+    /// `CLS_TRUSTED_PROXIES` of the gateway (none unless a test is about a proxy in front).
+    pub trusted_proxies: Vec<cls_runtime::IpRange>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { brands_workers: 1, licenses_workers: 1, activations_workers: 1, reply_timeout: Duration::from_secs(5), redis_url: None, rate_limits: (0, 0, 0) }
+        Options { brands_workers: 1, licenses_workers: 1, activations_workers: 1, reply_timeout: Duration::from_secs(5), redis_url: None, rate_limits: (0, 0, 0), trusted_proxies: Vec::new() }
     }
 }
 
@@ -120,6 +122,7 @@ impl TestCluster {
         settings.query_addr = any_port;
         settings.ops_addr = any_port;
         (settings.rate_api_key, settings.rate_ip, settings.rate_license_key) = options.rate_limits;
+        settings.trusted_proxies = options.trusted_proxies.clone();
         let cleanup_redis_url = settings.redis_url.clone();
         if let Some(url) = &options.redis_url {
             settings.redis_url = url.clone();

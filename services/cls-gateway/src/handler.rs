@@ -1,6 +1,6 @@
 //! One request, start to finish: request id, route, authenticate, then a command or a read.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -11,6 +11,7 @@ use cls_contracts::http::Accepted;
 use cls_contracts::internal::RegisterOperation;
 use cls_contracts::problem::FieldProblem;
 use cls_contracts::{CommandEnvelope, Principal, Problem, ProblemCode, Reply};
+use cls_runtime::IpRange;
 use cls_runtime::http::{Body, respond};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -51,7 +52,8 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr)
 
 async fn handle_request(state: Arc<State>, mut req: Request<Incoming>, peer: SocketAddr, request_id: String) -> Response<Body> {
     let started = std::time::Instant::now();
-    req.extensions_mut().insert(ClientIp(peer.ip()));
+    let client = client_address(peer.ip(), req.headers(), &state.settings.trusted_proxies);
+    req.extensions_mut().insert(ClientIp(client));
     let method = req.method().clone();
     let (route_name, mut response) = match Route::resolve(req.method(), req.uri().path()) {
         Ok(route) => (route.name(), dispatch(&state, route, req, &request_id).await),
@@ -112,6 +114,30 @@ async fn dispatch(state: &State, route: Route, req: Request<Incoming>, request_i
         v.apply(response.headers_mut());
     }
     response
+}
+
+/// The client's address, for per-IP limits: the TCP peer, unless the peer is a trusted proxy
+/// (`CLS_TRUSTED_PROXIES`). Then it is the rightmost `X-Forwarded-For` address that is not a
+/// trusted proxy itself: each proxy appends the address it received the request from, so only
+/// the entries the trusted proxies appended are true, and everything left of them may be
+/// whatever the client wrote. An entry that does not parse ends the walk at the last trusted hop.
+fn client_address(peer: IpAddr, headers: &hyper::HeaderMap, trusted: &[IpRange]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|range| range.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    for value in headers.get_all("x-forwarded-for").iter().rev() {
+        let Ok(text) = value.to_str() else { return client };
+        for entry in text.rsplit(',') {
+            let Ok(ip) = entry.trim().parse::<IpAddr>() else { return client };
+            client = ip;
+            if !is_trusted(ip) {
+                return ip;
+            }
+        }
+    }
+    client
 }
 
 fn client_ip<B>(req: &Request<B>) -> Option<ClientIp> {
@@ -543,4 +569,38 @@ fn problem_body(p: Problem) -> Response<Body> {
 fn with_retry_after(mut r: Response<Body>) -> Response<Body> {
     r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn forwarded(values: &[&str]) -> hyper::HeaderMap {
+        let mut headers = hyper::HeaderMap::new();
+        for v in values {
+            headers.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn the_client_is_the_peer_unless_a_trusted_proxy_forwarded_it() {
+        let trusted = [IpRange::parse("10.0.0.0/8").unwrap()];
+        // No proxy trusted, or the peer is not one: the header is whatever the client wrote.
+        assert_eq!(client_address(ip("10.0.0.5"), &forwarded(&["203.0.113.9"]), &[]), ip("10.0.0.5"));
+        assert_eq!(client_address(ip("198.51.100.1"), &forwarded(&["203.0.113.9"]), &trusted), ip("198.51.100.1"));
+        // Through a trusted proxy: the address it appended, not what the client put before it.
+        assert_eq!(client_address(ip("10.0.0.5"), &forwarded(&["1.2.3.4, 203.0.113.9"]), &trusted), ip("203.0.113.9"));
+        // Through two trusted proxies, in one header or two.
+        assert_eq!(client_address(ip("10.0.0.5"), &forwarded(&["1.2.3.4, 203.0.113.9, 10.0.0.7"]), &trusted), ip("203.0.113.9"));
+        assert_eq!(client_address(ip("10.0.0.5"), &forwarded(&["1.2.3.4, 203.0.113.9", "10.0.0.7"]), &trusted), ip("203.0.113.9"));
+        // Nothing forwarded, or nothing usable: the last trusted hop.
+        assert_eq!(client_address(ip("10.0.0.5"), &forwarded(&[]), &trusted), ip("10.0.0.5"));
+        assert_eq!(client_address(ip("10.0.0.5"), &forwarded(&["10.0.0.7"]), &trusted), ip("10.0.0.7"));
+        assert_eq!(client_address(ip("10.0.0.5"), &forwarded(&["203.0.113.9, junk"]), &trusted), ip("10.0.0.5"));
+    }
 }

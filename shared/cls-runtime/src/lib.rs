@@ -12,5 +12,5 @@ pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
 
-pub use settings::{Secret, ServiceKind, Settings};
+pub use settings::{IpRange, Secret, ServiceKind, Settings};
 pub use tokio_util::sync::CancellationToken;

@@ -2,7 +2,7 @@
 //! Nothing below `main` reads the environment; tests build [`Settings`] directly.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -25,6 +25,45 @@ impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(***)")
     }
+}
+
+/// A network of addresses, `10.0.0.0/8` or a single address (`127.0.0.1`, `::1`): what
+/// `CLS_TRUSTED_PROXIES` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    /// `addr` or `addr/prefix`; the address may have host bits set (`10.1.2.3/8` is `10.0.0.0/8`).
+    pub fn parse(text: &str) -> Option<IpRange> {
+        let (addr, prefix) = match text.trim().split_once('/') {
+            Some((addr, prefix)) => (addr.parse::<IpAddr>().ok()?, Some(prefix.parse::<u8>().ok()?)),
+            None => (text.trim().parse::<IpAddr>().ok()?, None),
+        };
+        let bits = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(bits);
+        (prefix <= bits).then_some(IpRange { network: addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        // An IPv4 client seen through an IPv6 socket arrives as ::ffff:a.b.c.d.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.network, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => same_prefix(u32::from(net).into(), u32::from(ip).into(), 32, self.prefix),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => same_prefix(u128::from(net), u128::from(ip), 128, self.prefix),
+            _ => false,
+        }
+    }
+}
+
+/// Whether the first `prefix` of `bits` bits of `a` and `b` are equal.
+fn same_prefix(a: u128, b: u128, bits: u8, prefix: u8) -> bool {
+    prefix == 0 || (a ^ b) >> (bits - prefix) == 0
 }
 
 /// Which CLS process this is; picks defaults such as the ops port and names connections.
@@ -115,6 +154,9 @@ pub struct Settings {
     pub rate_ip: u32,
     /// `CLS_RATE_LICENSE_KEY`: requests per minute per license key on product routes (0 = off).
     pub rate_license_key: u32,
+    /// `CLS_TRUSTED_PROXIES`: the proxies (addresses or networks, comma-separated) whose
+    /// `X-Forwarded-For` the gateway believes when it limits by client IP; none by default.
+    pub trusted_proxies: Vec<IpRange>,
 }
 
 impl Settings {
@@ -148,6 +190,7 @@ impl Settings {
             rate_api_key: 6000,
             rate_ip: 1200,
             rate_license_key: 120,
+            trusted_proxies: Vec::new(),
         }
     }
 
@@ -227,6 +270,13 @@ impl Settings {
                 *field = parse_num(&v, name, 0, 10_000_000)? as u32;
             }
         }
+        if let Some(v) = get("CLS_TRUSTED_PROXIES") {
+            s.trusted_proxies = v
+                .split(',')
+                .filter(|part| !part.trim().is_empty())
+                .map(|part| IpRange::parse(part).with_context(|| format!("CLS_TRUSTED_PROXIES: {part:?} is not an address or a network (a.b.c.d/n)")))
+                .collect::<anyhow::Result<_>>()?;
+        }
         if let Some(v) = get("CLS_READ_FALLBACK_LIMIT") {
             s.read_fallback_limit = parse_num(&v, "CLS_READ_FALLBACK_LIMIT", 1, 500)? as u32;
         }
@@ -295,6 +345,26 @@ mod tests {
         assert_eq!(Settings::from_lookup(ServiceKind::LicensesWorker, env(&SECRETS)).unwrap().relay_linger, Duration::from_millis(50));
         assert_eq!(with("0").unwrap().relay_linger, Duration::ZERO);
         assert!(with("10001").unwrap_err().to_string().contains("CLS_RELAY_LINGER_MS"));
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_networks() {
+        let mut pairs = SECRETS.to_vec();
+        pairs.push(("CLS_TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.7,::1"));
+        let s = Settings::from_lookup(ServiceKind::Gateway, env(&pairs)).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let trusted = |addr: &str| s.trusted_proxies.iter().any(|r| r.contains(ip(addr)));
+        assert!(trusted("10.200.3.4") && trusted("192.168.1.7") && trusted("::1") && trusted("::ffff:10.0.0.1"));
+        assert!(!trusted("11.0.0.1") && !trusted("192.168.1.8") && !trusted("::2"));
+        assert!(IpRange::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
+        assert!(IpRange::parse("fd00::/8").unwrap().contains(ip("fd12::1")));
+        for bad in ["10.0.0.0/33", "proxy", "10.0.0/8", "::1/129"] {
+            assert!(IpRange::parse(bad).is_none(), "{bad}");
+        }
+        let mut pairs = SECRETS.to_vec();
+        pairs.push(("CLS_TRUSTED_PROXIES", "10.0.0.0/8,haproxy"));
+        assert!(Settings::from_lookup(ServiceKind::Gateway, env(&pairs)).unwrap_err().to_string().contains("CLS_TRUSTED_PROXIES"));
+        assert!(Settings::from_lookup(ServiceKind::Gateway, env(&SECRETS)).unwrap().trusted_proxies.is_empty());
     }
 
     #[test]
