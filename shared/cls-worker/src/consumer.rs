@@ -162,17 +162,17 @@ pub async fn append_effects(tx: &mut sqlx::PgConnection, cause: &Cause<'_>, even
     Ok(())
 }
 
-/// The rows a transaction's audit entries and events become. `targets`: what the read model
-/// must hold for this transaction to be visible, when the writer makes it visible itself (a
-/// command's read-your-writes); every event carries them, so the projector can tell from Redis
-/// alone that it has nothing to do.
+/// The rows a transaction's audit entries and events become. `targets` (encoded, as the inbox
+/// stores them): what the read model must hold for this transaction to be visible, when the
+/// writer makes it visible itself (a command's read-your-writes); every event carries them, so
+/// the projector can tell from Redis alone that it has nothing to do.
 fn effects_of(
     cause: &Cause<'_>,
     events: Vec<NewEvent>,
     audit: Vec<Audit>,
-    targets: Option<&[Target]>,
+    targets: Option<&[String]>,
 ) -> (Vec<audit::AuditEntry>, Vec<outbox::NewOutboxEvent>) {
-    let read_model_targets = targets.filter(|t| !t.is_empty()).map(|t| t.iter().map(Target::encode).collect::<Vec<_>>().join(","));
+    let read_model_targets = targets.filter(|t| !t.is_empty()).map(|t| t.join(","));
     let entries: Vec<audit::AuditEntry> = audit
         .into_iter()
         .map(|a| audit::AuditEntry {
@@ -449,9 +449,9 @@ impl CommandConsumer {
             // Redis trouble: the change is made visible (or answered 202) after the commit.
             Err(_) => None,
         };
-        let (audit, events) = effects_of(&self.cause(&context), handled.events, handled.audit, Some(&targets));
-        let stored = if secret { self.secrets.seal(body.as_bytes()) } else { body.clone().into_bytes() };
         let encoded: Vec<String> = targets.iter().map(Target::encode).collect();
+        let (audit, events) = effects_of(&self.cause(&context), handled.events, handled.audit, Some(&encoded));
+        let stored = if secret { self.secrets.seal(body.as_bytes()) } else { body.clone().into_bytes() };
         let outcome = inbox::Outcome { status, body: &stored, sealed: secret, read_model_targets: &encoded };
         let command = effects::CommandOutcome { command_id, outcome: &outcome, completed_at: now };
         effects::record(&mut tx, &audit, &events, Some(&command)).await?;
