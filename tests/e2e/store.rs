@@ -117,7 +117,7 @@ async fn inbox_outbox_and_audit() {
     let events: Vec<outbox::NewOutboxEvent> = (0..3)
         .map(|i| outbox::NewOutboxEvent { event_id: Uuid::now_v7(), event_type: "brand.created", aggregate_id: Uuid::now_v7(), aggregate_version: i, payload: vec![i as u8], correlation_id: None, read_model_targets: None })
         .collect();
-    effects::record(&mut conn, &[], &events, None).await.unwrap();
+    effects::record(&mut conn, &[], &events, None, &[]).await.unwrap();
     let mut tx = db.pool.begin().await.unwrap();
     let claimed = outbox::claim_and_mark(&mut tx, 2, Utc::now()).await.unwrap();
     assert_eq!(claimed.len(), 2);
@@ -152,7 +152,7 @@ async fn inbox_outbox_and_audit() {
         // Postgres keeps microseconds.
         at: chrono::SubsecRound::trunc_subsecs(Utc::now(), 6),
     };
-    effects::record(&mut conn, std::slice::from_ref(&entry), &[], None).await.unwrap();
+    effects::record(&mut conn, std::slice::from_ref(&entry), &[], None, &[]).await.unwrap();
     assert_eq!(audit::list_for_target(&mut conn, entry.target_id, None, 10).await.unwrap(), vec![entry.clone()]);
     assert!(sqlx::query("UPDATE audit_entries SET reason = 'x'").execute(&mut *conn).await.is_err());
     assert!(sqlx::query("DELETE FROM audit_entries").execute(&mut *conn).await.is_err());

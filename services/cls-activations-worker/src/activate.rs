@@ -65,14 +65,17 @@ pub async fn activate(conn: &mut PgConnection, ctx: &CommandContext, c: &Activat
         metadata: c.metadata.as_deref(),
         at: ctx.now,
     };
-    let (activation, version) = activations::insert(conn, &new).await.map_err(|e| match e {
+    let inserted = activations::insert(conn, &new).await.map_err(|e| match e {
         // Impossible under the license lock; if it ever happens, a retry answers 200.
         WriteError::Conflict(_) => HandleError::Transient(anyhow::anyhow!("the instance became active concurrently")),
         WriteError::Store(e) => e.into(),
     })?;
+    let activation = inserted.activation;
     let used = seats::seats_used(&license, active + 1);
     let mut handled = answer(201, &license, status, &activation, used);
-    handled.events.push(seats::changed(&license, &activation, version, used, None, ctx.now));
+    // The insert drew the key's read-model version already (one round trip fewer).
+    handled.touched = vec![Touched::DrawnKey { id: inserted.key_id, version: inserted.key_rm_version }];
+    handled.events.push(seats::changed(&license, &activation, inserted.license_version, used, None, ctx.now));
     handled.audit.push(seats::audit(&license, &activation, None));
     Ok(handled)
 }

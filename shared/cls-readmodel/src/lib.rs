@@ -11,7 +11,7 @@
 //! Writers always take their data from a Postgres snapshot, never from a message: read *after*
 //! the change committed ([`ReadModel::refresh_key`]), or, for a worker's read-your-writes, inside
 //! its transaction once the versions are drawn and written after the commit
-//! ([`ReadModel::stage`]). A write also carries the read model's
+//! ([`ReadModel::staging`]). A write also carries the read model's
 //! epoch, read before the snapshot: if the namespace was wiped meanwhile (epoch gone or new),
 //! the write is refused and retried from a fresh snapshot, so a snapshot taken before a wipe
 //! can never land after it and bring back an old version.
@@ -89,10 +89,40 @@ pub enum RefreshError {
     EpochMoved,
 }
 
-/// Documents read inside a writer's transaction, waiting for its commit ([`ReadModel::stage`]).
+/// Documents read inside a writer's transaction, waiting for its commit ([`ReadModel::staging`]).
 pub struct Staged {
     epoch: Arc<str>,
     writes: Vec<Write>,
+}
+
+/// A writer's read-your-writes between the epoch and the snapshots ([`ReadModel::staging`]).
+pub struct Staging {
+    epoch: Arc<str>,
+    keys: Keys,
+    targets: Vec<Target>,
+}
+
+impl Staging {
+    /// The license keys whose snapshots the writer reads in its transaction.
+    pub fn key_ids(&self) -> Vec<Uuid> {
+        self.targets.iter().filter_map(|t| if let Target::LicenseKey { id, .. } = t { Some(*id) } else { None }).collect()
+    }
+
+    /// The writes for the snapshots of [`Staging::key_ids`] (read in the transaction; a key that
+    /// no longer exists has none) and of the API-key targets, read here on the same connection.
+    pub async fn finish(self, conn: &mut cls_store::PgConnection, key_snapshots: Vec<KeySnapshot>) -> Result<Staged, RefreshError> {
+        let mut writes = Vec::new();
+        for snapshot in &key_snapshots {
+            writes.extend(docs::key_writes(&self.keys, snapshot));
+        }
+        for target in &self.targets {
+            if let Target::ApiKey { id, .. } = target {
+                let snapshot = snapshots::api_key_snapshot(conn, ApiKeySelector::Id(*id)).await?;
+                writes.extend(docs::for_api_key(&self.keys, snapshot.as_ref(), ApiKeySelector::Id(*id), negative_ttl()));
+            }
+        }
+        Ok(Staged { epoch: self.epoch, writes })
+    }
 }
 
 /// Redis could not answer a read (down, or too slow): the caller falls back to Postgres.
@@ -349,36 +379,26 @@ impl ReadModel {
         }
     }
 
-    /// Read-your-writes without a second trip to Postgres: the documents of `targets` read by
-    /// the writer *inside* its transaction, after it drew their versions, to be written by
-    /// [`ReadModel::apply_staged`] once it has committed. That snapshot is the state at the drawn
-    /// version, because drawing it locked the key (or API-key) row: no other change under it can
-    /// commit before this transaction does, and every earlier one committed before the lock was
-    /// granted. `None` when Redis is not connected (the caller falls back to
-    /// [`ReadModel::make_visible`], which then reports it).
-    pub async fn stage(&self, conn: &mut cls_store::PgConnection, targets: &[Target]) -> Result<Option<Staged>, RefreshError> {
+    /// Read-your-writes without a second trip to Postgres, step one: the epoch the documents
+    /// will be written under, read before their snapshot as every write requires (cached after
+    /// the first write). The writer then reads the snapshots of [`Staging::key_ids`] *inside*
+    /// its transaction, after it drew their versions (with its effects, in one statement:
+    /// `cls_store::effects::record`), and [`Staging::finish`] turns them into the writes that
+    /// [`ReadModel::apply_staged`] makes once the transaction has committed. Those snapshots are
+    /// the state at the drawn versions, because drawing them locked the key (or API-key) rows:
+    /// no other change under them can commit before this transaction does, and every earlier
+    /// one committed before the lock was granted. `None` when there is nothing to stage or Redis
+    /// is not connected (the caller falls back to [`ReadModel::make_visible`], which then
+    /// reports it).
+    pub async fn staging(&self, targets: &[Target]) -> Result<Option<Staging>, RefreshError> {
         if targets.is_empty() || !self.is_connected() {
             return Ok(None);
         }
-        // Read before the snapshot (cached after the first write), as every write requires.
         let epoch = self.current_epoch().await?;
-        let mut writes = Vec::new();
-        for target in targets {
-            match target {
-                Target::LicenseKey { id, .. } => {
-                    let snapshot = snapshots::key_snapshot(conn, KeySelector::Id(*id)).await?;
-                    writes.extend(docs::for_key(&self.keys, snapshot.as_ref(), KeySelector::Id(*id), negative_ttl()));
-                }
-                Target::ApiKey { id, .. } => {
-                    let snapshot = snapshots::api_key_snapshot(conn, ApiKeySelector::Id(*id)).await?;
-                    writes.extend(docs::for_api_key(&self.keys, snapshot.as_ref(), ApiKeySelector::Id(*id), negative_ttl()));
-                }
-            }
-        }
-        Ok(Some(Staged { epoch, writes }))
+        Ok(Some(Staging { epoch, keys: self.keys.clone(), targets: targets.to_vec() }))
     }
 
-    /// Writes what [`ReadModel::stage`] read, after the writer's commit. An error (Redis down,
+    /// Writes what [`Staging::finish`] staged, after the writer's commit. An error (Redis down,
     /// or a wipe since the epoch was read) leaves the caller to [`ReadModel::make_visible`].
     pub async fn apply_staged(&self, staged: &Staged) -> Result<(), RefreshError> {
         if !self.is_connected() {

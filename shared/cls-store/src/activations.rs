@@ -233,24 +233,41 @@ pub async fn find_for_brand(conn: &mut PgConnection, brand_id: Uuid, activation_
     .await?)
 }
 
-/// Inserts a new activation and moves the license's version by one (what
-/// [`bump_license_version`] does), in one statement; returns the activation and the license's
-/// new version.
-pub async fn insert(conn: &mut PgConnection, a: &NewActivation<'_>) -> Result<(ActivationRecord, i64), WriteError<InstanceActive>> {
+/// A new activation with what its statement moved: the license's version and the read-model
+/// version of the key that holds it.
+pub struct Inserted {
+    pub activation: ActivationRecord,
+    pub license_version: i64,
+    pub key_id: Uuid,
+    /// The key's new read-model version (what [`crate::read_model::bump_key_of_license`] draws).
+    pub key_rm_version: i64,
+}
+
+/// Inserts a new activation, moves the license's version by one (what [`bump_license_version`]
+/// does) and draws the key's read-model version (locking the key row after the license row the
+/// caller holds, the order every writer keeps), in one statement.
+pub async fn insert(conn: &mut PgConnection, a: &NewActivation<'_>) -> Result<Inserted, WriteError<InstanceActive>> {
     #[derive(sqlx::FromRow)]
-    struct Inserted {
+    struct Row {
         #[sqlx(flatten)]
         activation: ActivationRecord,
         license_version: i64,
+        key_id: Uuid,
+        key_rm_version: i64,
     }
-    sqlx::query_as::<_, Inserted>(sqlx::AssertSqlSafe(format!(
+    sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(format!(
         "WITH inserted AS (
              INSERT INTO activations (id, license_id, instance_id, instance_name, metadata, activated_at, last_seen_at)
              VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $6) RETURNING {ACTIVATION_COLUMNS}
          ), license AS (
-             UPDATE licenses SET version = version + 1, updated_at = GREATEST(updated_at, $6) WHERE id = $2 RETURNING version
+             UPDATE licenses SET version = version + 1, updated_at = GREATEST(updated_at, $6) WHERE id = $2
+             RETURNING version, license_key_id
+         ), key AS (
+             UPDATE license_keys SET rm_version = nextval('read_model_version')
+             WHERE id = (SELECT license_key_id FROM license) RETURNING id, rm_version
          )
-         SELECT inserted.*, license.version AS license_version FROM inserted, license"
+         SELECT inserted.*, license.version AS license_version, key.id AS key_id, key.rm_version AS key_rm_version
+         FROM inserted, license, key"
     )))
     .bind(a.id)
     .bind(a.license_id)
@@ -260,7 +277,7 @@ pub async fn insert(conn: &mut PgConnection, a: &NewActivation<'_>) -> Result<(A
     .bind(a.at)
     .fetch_one(conn)
     .await
-    .map(|row| (row.activation, row.license_version))
+    .map(|row| Inserted { activation: row.activation, license_version: row.license_version, key_id: row.key_id, key_rm_version: row.key_rm_version })
     .map_err(|e| match unique_violation(&e).as_deref() {
         Some("activations_one_active_per_instance") => WriteError::Conflict(InstanceActive),
         _ => WriteError::Store(e.into()),

@@ -90,7 +90,7 @@ pub struct Outcome<'a> {
 /// Stores the outcome of a claimed command (same transaction as the claim).
 pub async fn complete(conn: &mut PgConnection, command_id: Uuid, outcome: &Outcome<'_>, now: DateTime<Utc>) -> Result<(), StoreError> {
     let command = crate::effects::CommandOutcome { command_id, outcome, completed_at: now };
-    crate::effects::record(conn, &[], &[], Some(&command)).await
+    crate::effects::record(conn, &[], &[], Some(&command), &[]).await.map(drop)
 }
 
 /// Records that a command was dead-lettered (its operation reads `failed`), unless it succeeded.

@@ -60,7 +60,7 @@ pub struct SnapshotActivation {
 }
 
 #[derive(sqlx::FromRow)]
-struct SnapshotRow {
+pub(crate) struct SnapshotRow {
     id: Uuid,
     brand_id: Uuid,
     key_hash: String,
@@ -71,7 +71,9 @@ struct SnapshotRow {
     licenses: sqlx::types::Json<Vec<SnapshotLicense>>,
 }
 
-const SNAPSHOT: &str = "SELECT k.id, k.brand_id, k.key_hash, k.key_hint, k.rm_version,
+/// The snapshot statement without its `WHERE`: callers add the selection (one key here, the keys
+/// a command touched in [`crate::effects::record`]).
+pub(crate) const SNAPSHOT: &str = "SELECT k.id, k.brand_id, k.key_hash, k.key_hint, k.rm_version,
         ARRAY(SELECT r.key_hash FROM retired_key_hashes r WHERE r.license_key_id = k.id ORDER BY r.key_hash) AS retired_hashes,
         ARRAY(SELECT r.rm_version FROM retired_key_hashes r WHERE r.license_key_id = k.id ORDER BY r.key_hash) AS retired_versions,
         COALESCE((
@@ -101,18 +103,21 @@ pub async fn key_snapshot(conn: &mut PgConnection, selector: KeySelector<'_>) ->
         KeySelector::Id(id) | KeySelector::License(id) => query.bind(id),
         KeySelector::Hash(hash) => query.bind(hash.as_str().to_owned()),
     };
-    let Some(row) = query.fetch_optional(conn).await? else {
-        return Ok(None);
-    };
-    Ok(Some(KeySnapshot {
-        key_id: row.id,
-        brand_id: row.brand_id,
-        key_hash: row.key_hash,
-        key_hint: row.key_hint,
-        rm_version: row.rm_version,
-        licenses: row.licenses.0,
-        retired: row.retired_hashes.into_iter().zip(row.retired_versions).collect(),
-    }))
+    Ok(query.fetch_optional(conn).await?.map(KeySnapshot::from))
+}
+
+impl From<SnapshotRow> for KeySnapshot {
+    fn from(row: SnapshotRow) -> KeySnapshot {
+        KeySnapshot {
+            key_id: row.id,
+            brand_id: row.brand_id,
+            key_hash: row.key_hash,
+            key_hint: row.key_hint,
+            rm_version: row.rm_version,
+            licenses: row.licenses.0,
+            retired: row.retired_hashes.into_iter().zip(row.retired_versions).collect(),
+        }
+    }
 }
 
 /// Draws a new read-model version for a key (locking its row until the transaction ends).

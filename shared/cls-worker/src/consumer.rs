@@ -4,8 +4,8 @@
 //! claim the inbox row; a command seen before replays its stored outcome (or 422 for another
 //! request under the same id); otherwise run the module's use case. A rejection rolls the whole
 //! transaction back and stores only the inbox row with its problem outcome, under a fresh claim.
-//! A success draws the read-model versions of what it touched, reads their documents inside the
-//! transaction, writes audit entries, outbox events and its outcome in one statement, commits,
+//! A success draws the read-model versions of what it touched, then writes audit entries, outbox
+//! events and its outcome and reads the touched keys' documents in one statement, commits,
 //! writes the documents to Redis (read-your-writes), wakes the relay, replies and acks.
 //! Transient failures are retried
 //! in place with backoff (the delivery stays unacked, which also holds back the consumer through
@@ -158,7 +158,7 @@ pub struct Cause<'a> {
 /// request and the event envelopes.
 pub async fn append_effects(tx: &mut sqlx::PgConnection, cause: &Cause<'_>, events: Vec<NewEvent>, audit: Vec<Audit>) -> Result<(), HandleError> {
     let (audit, events) = effects_of(cause, events, audit, None);
-    effects::record(tx, &audit, &events, None).await?;
+    effects::record(tx, &audit, &events, None, &[]).await?;
     Ok(())
 }
 
@@ -443,18 +443,23 @@ impl CommandConsumer {
         };
         let (status, body, secret) = (handled.status, handled.body.to_string(), handled.secret);
         let targets = crate::visibility::draw_versions(&mut tx, &std::mem::take(&mut handled.touched)).await?;
-        let staged = match self.read_model.stage(&mut tx, &targets).await {
-            Ok(staged) => staged,
-            Err(RefreshError::Store(error)) => return Err(error.into()),
-            // Redis trouble: the change is made visible (or answered 202) after the commit.
-            Err(_) => None,
-        };
+        // Redis trouble: the change is made visible (or answered 202) after the commit.
+        let staging = self.read_model.staging(&targets).await.unwrap_or(None);
+        let snapshot_keys = staging.as_ref().map(cls_readmodel::Staging::key_ids).unwrap_or_default();
         let encoded: Vec<String> = targets.iter().map(Target::encode).collect();
         let (audit, events) = effects_of(&self.cause(&context), handled.events, handled.audit, Some(&encoded));
         let stored = if secret { self.secrets.seal(body.as_bytes()) } else { body.clone().into_bytes() };
         let outcome = inbox::Outcome { status, body: &stored, sealed: secret, read_model_targets: &encoded };
         let command = effects::CommandOutcome { command_id, outcome: &outcome, completed_at: now };
-        effects::record(&mut tx, &audit, &events, Some(&command)).await?;
+        let snapshots = effects::record(&mut tx, &audit, &events, Some(&command), &snapshot_keys).await?;
+        let staged = match staging {
+            Some(staging) => match staging.finish(&mut tx, snapshots).await {
+                Ok(staged) => Some(staged),
+                Err(RefreshError::Store(error)) => return Err(error.into()),
+                Err(_) => None,
+            },
+            None => None,
+        };
         tx.commit().await?;
         Ok(Transacted {
             reply: Reply { command_id: command_id.to_string(), status, body, replayed: false },

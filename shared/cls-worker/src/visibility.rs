@@ -20,12 +20,17 @@ pub async fn draw_versions(tx: &mut PgConnection, touched: &[Touched]) -> Result
     let mut keys: BTreeMap<Uuid, i64> = BTreeMap::new();
     let mut api_keys: BTreeMap<Uuid, i64> = BTreeMap::new();
     let mut license_keys: Vec<Uuid> = Vec::new();
+    // A key drawn twice keeps its higher version (the later draw).
+    let drawn = |keys: &mut BTreeMap<Uuid, i64>, id: Uuid, version: i64| {
+        keys.entry(id).and_modify(|v| *v = (*v).max(version)).or_insert(version);
+    };
     for t in touched {
         match *t {
             Touched::LicenseKey(id) => license_keys.push(id),
+            Touched::DrawnKey { id, version } => drawn(&mut keys, id, version),
             Touched::License(id) => {
                 let (key, version) = versions::bump_key_of_license(tx, id).await?;
-                keys.insert(key, version);
+                drawn(&mut keys, key, version);
             }
             Touched::ApiKey(id) => {
                 api_keys.insert(id, versions::api_key_version(tx, id).await?);
@@ -35,7 +40,8 @@ pub async fn draw_versions(tx: &mut PgConnection, touched: &[Touched]) -> Result
     license_keys.sort();
     license_keys.dedup();
     for id in license_keys {
-        keys.insert(id, versions::bump_key(tx, id).await?);
+        let version = versions::bump_key(tx, id).await?;
+        drawn(&mut keys, id, version);
     }
     Ok(keys
         .into_iter()
