@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use cls_contracts::command::{BrandsCommand, COMMAND_SCHEMA_VERSION, Command, CreateProduct};
 use cls_contracts::{CommandEnvelope, Principal};
-use cls_tests::{ADMIN_TOKEN, Options, TestCluster, eventually};
+use cls_runtime::Secret;
+use cls_runtime::secret::SecretBox;
+use cls_tests::{ADMIN_TOKEN, Module, Options, TestCluster, eventually};
 use hyper::StatusCode;
 use serde_json::json;
 
@@ -52,6 +54,48 @@ async fn idempotent_replay_returns_the_first_outcome_with_its_secret() {
     c.stop().await;
 }
 
+
+/// Rotating `CLS_SECRET_KEY`: a retry of a request answered before the rotation replays its
+/// first answer, secret included, once the old key is given as `CLS_SECRET_KEY_PREVIOUS`;
+/// without it the stored secret cannot be opened and the retry gets a 500, never another answer.
+/// New outcomes are sealed with the new key.
+#[tokio::test]
+async fn a_replay_after_the_secret_key_rotated_opens_with_the_previous_key() {
+    let mut c = TestCluster::spawn().await;
+    let brand = c.create_brand("rotate", "RO").await;
+    let path = format!("/v1/admin/brands/{}/api-keys", brand["id"].as_str().unwrap());
+    let headers = [("x-admin-token", ADMIN_TOKEN), ("idempotency-key", "before-rotation")];
+    let body = json!({"name": "billing"});
+    let first = c.post(&path, &headers, &body).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+
+    let old_key = c.settings.secret_key.clone();
+    let new_key = Secret::new("the-rotated-secret-key-0123");
+    c.stop_workers().await;
+    c.settings.secret_key = new_key.clone();
+    c.start_worker(Module::Brands).await;
+    let closed = c.post(&path, &headers, &body).await;
+    assert_eq!(closed.status, StatusCode::INTERNAL_SERVER_ERROR, "rotated without the previous key");
+    assert_eq!(closed.json()["code"], "INTERNAL");
+
+    c.stop_workers().await;
+    c.settings.secret_key_previous = Some(old_key.clone());
+    c.start_worker(Module::Brands).await;
+    let again = c.post(&path, &headers, &body).await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.body, first.body, "the replay carries the first body, secret included");
+
+    let after = c.post(&path, &[("x-admin-token", ADMIN_TOKEN), ("idempotency-key", "after-rotation")], &json!({"name": "ci"})).await;
+    assert_eq!(after.status, StatusCode::CREATED);
+    let (sealed,): (Vec<u8>,) = sqlx::query_as("SELECT response_body FROM inbox WHERE response_status = 201 AND command_type = 'brands.create_api_key' ORDER BY completed_at DESC LIMIT 1")
+        .fetch_one(&c.pool)
+        .await
+        .unwrap();
+    assert!(SecretBox::new(&old_key).open(&sealed).is_err(), "sealed with the new key only");
+    assert_eq!(SecretBox::new(&new_key).open(&sealed).unwrap(), after.body.as_ref());
+    c.stop().await;
+}
 #[tokio::test]
 async fn reply_timeout_answers_202_and_the_command_still_completes() {
     // No worker at first: the command waits in its queue and the gateway gives up waiting.

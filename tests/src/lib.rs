@@ -223,7 +223,7 @@ impl TestCluster {
     /// The environment a service binary needs to join this cluster.
     pub fn env(&self) -> HashMap<&'static str, String> {
         let s = &self.settings;
-        HashMap::from([
+        let mut env = HashMap::from([
             ("CLS_DATABASE_URL", s.database_url.clone()),
             ("CLS_REDIS_URL", s.redis_url.clone()),
             ("CLS_AMQP_URL", s.amqp_url.clone()),
@@ -237,7 +237,11 @@ impl TestCluster {
             ("CLS_RATE_API_KEY", s.rate_api_key.to_string()),
             ("CLS_RATE_IP", s.rate_ip.to_string()),
             ("CLS_RATE_LICENSE_KEY", s.rate_license_key.to_string()),
-        ])
+        ]);
+        if let Some(previous) = &s.secret_key_previous {
+            env.insert("CLS_SECRET_KEY_PREVIOUS", previous.expose().to_owned());
+        }
+        env
     }
 
     /// Starts a service binary (e.g. `cls-brands-worker`) as a child process of the test.

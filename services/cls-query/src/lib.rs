@@ -69,7 +69,7 @@ impl App {
         let _ = channel.close(200, "declared".into()).await;
         let listener = cls_runtime::http::bind(settings.query_addr).await?;
         let ops_listener = cls_runtime::http::bind(settings.ops_addr).await?;
-        let secrets = SecretBox::new(&settings.secret_key);
+        let secrets = SecretBox::for_settings(&settings);
 
         let mut registry = Registry::with_prefix("cls");
         let metrics = hot::HotMetrics::default();

@@ -1,5 +1,11 @@
 //! Sealing of secrets at rest: a stored command outcome that contains a new API key or license
 //! key is encrypted (ChaCha20-Poly1305) with a key derived from `CLS_SECRET_KEY`.
+//!
+//! Rotating that key: set the new one as `CLS_SECRET_KEY` and the old one as
+//! `CLS_SECRET_KEY_PREVIOUS`. Everything is sealed with the new key from then on; outcomes sealed
+//! before still open (a retried request replays its first answer, secret included) until the
+//! retention purge has removed them (7 days, `cls_worker::retention`), after which the previous
+//! key can go.
 
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
@@ -10,22 +16,25 @@ use crate::settings::Secret;
 
 const NONCE_LEN: usize = 12;
 
-/// Seals and opens byte strings with the configured secret key.
+/// Seals with the configured secret key; opens with it or with the previous one.
 #[derive(Clone)]
 pub struct SecretBox {
     cipher: ChaCha20Poly1305,
+    previous: Option<ChaCha20Poly1305>,
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("the sealed value cannot be opened with this CLS_SECRET_KEY")]
+#[error("the sealed value cannot be opened with CLS_SECRET_KEY (nor CLS_SECRET_KEY_PREVIOUS)")]
 pub struct OpenError;
 
 impl SecretBox {
     pub fn new(secret_key: &Secret) -> Self {
-        // SHA-256 turns any configured string of 16+ characters into a 256-bit key.
-        let key = Sha256::digest(secret_key.expose().as_bytes());
-        let key = Key::from_slice(key.as_slice());
-        SecretBox { cipher: ChaCha20Poly1305::new(key) }
+        SecretBox { cipher: cipher(secret_key), previous: None }
+    }
+
+    /// The box of a process: `CLS_SECRET_KEY`, and `CLS_SECRET_KEY_PREVIOUS` for opening only.
+    pub fn for_settings(settings: &crate::Settings) -> Self {
+        SecretBox { previous: settings.secret_key_previous.as_ref().map(cipher), ..SecretBox::new(&settings.secret_key) }
     }
 
     /// `nonce || ciphertext`, with a fresh random nonce.
@@ -46,8 +55,18 @@ impl SecretBox {
             return Err(OpenError);
         }
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
-        self.cipher.decrypt(Nonce::from_slice(nonce), ciphertext).map_err(|_| OpenError)
+        let nonce = Nonce::from_slice(nonce);
+        self.cipher
+            .decrypt(nonce, ciphertext)
+            .or_else(|e| self.previous.as_ref().map_or(Err(e), |previous| previous.decrypt(nonce, ciphertext)))
+            .map_err(|_| OpenError)
     }
+}
+
+/// SHA-256 turns any configured string of 16+ characters into a 256-bit key.
+fn cipher(secret_key: &Secret) -> ChaCha20Poly1305 {
+    let key = Sha256::digest(secret_key.expose().as_bytes());
+    ChaCha20Poly1305::new(Key::from_slice(key.as_slice()))
 }
 
 impl std::fmt::Debug for SecretBox {
@@ -110,5 +129,21 @@ mod tests {
     fn another_key_cannot_open() {
         let sealed = SecretBox::new(&Secret::new("a-local-secret-key")).seal(b"x");
         assert!(SecretBox::new(&Secret::new("another-secret-key")).open(&sealed).is_err());
+    }
+
+    #[test]
+    fn after_a_rotation_the_previous_key_still_opens_and_only_the_new_one_seals() {
+        let old_key = Secret::new("the-old-secret-key");
+        let sealed_before = SecretBox::new(&old_key).seal(b"before");
+        let mut settings = crate::Settings::local(crate::ServiceKind::Gateway, Secret::new("the-new-secret-key"), Secret::new("internal-token-0123456789"));
+        settings.secret_key_previous = Some(old_key.clone());
+        let rotated = SecretBox::for_settings(&settings);
+        assert_eq!(rotated.open(&sealed_before).unwrap(), b"before");
+        let sealed_after = rotated.seal(b"after");
+        assert!(SecretBox::new(&old_key).open(&sealed_after).is_err(), "new outcomes are sealed with the new key");
+        assert_eq!(SecretBox::new(&Secret::new("the-new-secret-key")).open(&sealed_after).unwrap(), b"after");
+        // Without the previous key, what was sealed before stays closed.
+        settings.secret_key_previous = None;
+        assert!(SecretBox::for_settings(&settings).open(&sealed_before).is_err());
     }
 }

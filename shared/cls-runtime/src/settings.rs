@@ -127,6 +127,9 @@ pub struct Settings {
     pub admin_token: Option<Secret>,
     /// `CLS_SECRET_KEY`: seals secrets inside stored command outcomes.
     pub secret_key: Secret,
+    /// `CLS_SECRET_KEY_PREVIOUS`: the key `CLS_SECRET_KEY` replaced, still used to open the
+    /// outcomes sealed before the rotation (never to seal).
+    pub secret_key_previous: Option<Secret>,
     /// `CLS_INTERNAL_TOKEN`: the credential the gateway presents to the query service.
     pub internal_token: Secret,
     /// `CLS_REPLY_TIMEOUT_MS`: how long the gateway waits for a worker's reply before 202.
@@ -174,6 +177,7 @@ impl Settings {
             ops_addr: SocketAddr::from(([127, 0, 0, 1], kind.default_ops_port())),
             admin_token: None,
             secret_key,
+            secret_key_previous: None,
             internal_token,
             reply_timeout: Duration::from_millis(5000),
             shutdown_timeout: Duration::from_secs(10),
@@ -213,7 +217,13 @@ impl Settings {
             Some(_) => bail!("CLS_INTERNAL_TOKEN must be at least 16 characters"),
             None => bail!("CLS_INTERNAL_TOKEN is not set (`cls up` generates one for local use)"),
         };
+        let secret_key_previous = match get("CLS_SECRET_KEY_PREVIOUS") {
+            Some(v) if v.len() >= 16 => Some(Secret::new(v)),
+            Some(_) => bail!("CLS_SECRET_KEY_PREVIOUS must be at least 16 characters"),
+            None => None,
+        };
         let mut s = Settings::local(kind, secret_key, internal_token);
+        s.secret_key_previous = secret_key_previous;
         if let Some(v) = get("CLS_DATABASE_URL") {
             s.database_url = v;
         }
@@ -325,6 +335,16 @@ mod tests {
     fn missing_secret_key_is_refused() {
         let err = Settings::from_lookup(ServiceKind::Query, env(&SECRETS[1..])).unwrap_err();
         assert!(err.to_string().contains("CLS_SECRET_KEY"));
+    }
+
+    #[test]
+    fn the_previous_secret_key_is_optional_and_as_long_as_a_key() {
+        assert_eq!(Settings::from_lookup(ServiceKind::Query, env(&SECRETS)).unwrap().secret_key_previous, None);
+        let with = |v: &'static str| [SECRETS[0], SECRETS[1], ("CLS_SECRET_KEY_PREVIOUS", v)];
+        let s = Settings::from_lookup(ServiceKind::Query, env(&with("the-old-secret-key"))).unwrap();
+        assert_eq!(s.secret_key_previous, Some(Secret::new("the-old-secret-key")));
+        let err = Settings::from_lookup(ServiceKind::Query, env(&with("short"))).unwrap_err();
+        assert!(err.to_string().contains("CLS_SECRET_KEY_PREVIOUS"), "{err}");
     }
 
     #[test]

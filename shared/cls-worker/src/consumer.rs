@@ -531,7 +531,7 @@ impl CommandConsumer {
                     match self.secrets.open(&body) {
                         Ok(plain) => plain,
                         Err(error) => {
-                            tracing::error!(%error, "stored outcome cannot be opened; is CLS_SECRET_KEY the same everywhere?");
+                            tracing::error!(%error, "stored outcome cannot be opened; is CLS_SECRET_KEY the same everywhere, and was it rotated without CLS_SECRET_KEY_PREVIOUS?");
                             let problem = Problem::new(ProblemCode::Internal, "The stored outcome cannot be read.", &envelope.request_id);
                             return reply(500, problem.to_json(), false);
                         }

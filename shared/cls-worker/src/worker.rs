@@ -103,7 +103,7 @@ impl Worker {
             queue: self.topology.command_queue(self.module),
             pool: self.pool.clone(),
             dispatch: self.dispatch,
-            secrets: SecretBox::new(&self.settings.secret_key),
+            secrets: SecretBox::for_settings(&self.settings),
             concurrency: self.settings.worker_concurrency,
             consuming: consuming.clone(),
             outcomes,
