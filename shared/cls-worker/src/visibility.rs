@@ -15,7 +15,8 @@ use crate::command::{HandleError, Touched};
 
 /// Draws a new version for every touched entity (one per license key, whatever touched it) and
 /// returns the targets to make visible. Key rows are locked here, at the end of the transaction,
-/// after the license rows a use case locks first.
+/// after the license rows a use case locks first (or by the use case's last statement, after
+/// its license lock: [`Touched::DrawnKey`]).
 pub async fn draw_versions(tx: &mut PgConnection, touched: &[Touched]) -> Result<Vec<Target>, HandleError> {
     let mut keys: BTreeMap<Uuid, i64> = BTreeMap::new();
     let mut api_keys: BTreeMap<Uuid, i64> = BTreeMap::new();
