@@ -294,9 +294,13 @@ async fn a_cancelled_license_refuses_at_once_and_its_seats_are_released() {
     assert_eq!(scalar(&c, "SELECT count(*) FROM activations WHERE license_id = $1 AND deactivated_by = 'license_cancelled'", id).await, 2);
     let handled: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE consumer = 'activations'").fetch_one(&c.pool).await.unwrap();
     assert_eq!(handled, 1);
-    let read = get_license(&c, &api_key, &l).await;
-    assert_eq!(read["version"].as_i64().unwrap(), cancelled_version + 2, "one version per released seat");
-    assert_eq!(read["activations"], json!([]));
+    assert_eq!(scalar(&c, "SELECT version FROM licenses WHERE id = $1", id).await, cancelled_version + 2, "one version per released seat");
+    // The reaction brings the read model up to date after its commit, so reads show it shortly.
+    eventually(Duration::from_secs(20), "the read model shows the release", || async {
+        get_license(&c, &api_key, &l).await["version"].as_i64() == Some(cancelled_version + 2)
+    })
+    .await;
+    assert_eq!(get_license(&c, &api_key, &l).await["activations"], json!([]));
     let released: Vec<_> = outbox_events(&c, id)
         .await
         .into_iter()
