@@ -110,7 +110,7 @@ impl Staging {
 
     /// The writes for the snapshots of [`Staging::key_ids`] (read in the transaction; a key that
     /// no longer exists has none) and of the API-key targets, read here on the same connection.
-    pub async fn finish(self, conn: &mut cls_store::PgConnection, key_snapshots: Vec<KeySnapshot>) -> Result<Staged, RefreshError> {
+    pub async fn finish(self, conn: &mut cls_store::PgConnection, key_snapshots: Vec<KeySnapshot>) -> Result<Staged, StoreError> {
         let mut writes = Vec::new();
         for snapshot in &key_snapshots {
             writes.extend(docs::key_writes(&self.keys, snapshot));

@@ -207,23 +207,17 @@ impl Settings {
     /// [`Settings::from_env`] over any lookup, so the parsing is testable.
     pub fn from_lookup(kind: ServiceKind, get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
         let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
-        let secret_key = match get("CLS_SECRET_KEY") {
-            Some(v) if v.len() >= 16 => Secret::new(v),
-            Some(_) => bail!("CLS_SECRET_KEY must be at least 16 characters"),
-            None => bail!("CLS_SECRET_KEY is not set (`cls up` generates one for local use)"),
+        // A secret of 16+ characters, if set.
+        let secret = |name: &str| match get(name) {
+            Some(v) if v.len() >= 16 => Ok(Some(Secret::new(v))),
+            Some(_) => bail!("{name} must be at least 16 characters"),
+            None => Ok(None),
         };
-        let internal_token = match get("CLS_INTERNAL_TOKEN") {
-            Some(v) if v.len() >= 16 => Secret::new(v),
-            Some(_) => bail!("CLS_INTERNAL_TOKEN must be at least 16 characters"),
-            None => bail!("CLS_INTERNAL_TOKEN is not set (`cls up` generates one for local use)"),
+        let required = |name: &str| {
+            secret(name)?.with_context(|| format!("{name} is not set (`cls up` generates one for local use)"))
         };
-        let secret_key_previous = match get("CLS_SECRET_KEY_PREVIOUS") {
-            Some(v) if v.len() >= 16 => Some(Secret::new(v)),
-            Some(_) => bail!("CLS_SECRET_KEY_PREVIOUS must be at least 16 characters"),
-            None => None,
-        };
-        let mut s = Settings::local(kind, secret_key, internal_token);
-        s.secret_key_previous = secret_key_previous;
+        let mut s = Settings::local(kind, required("CLS_SECRET_KEY")?, required("CLS_INTERNAL_TOKEN")?);
+        s.secret_key_previous = secret("CLS_SECRET_KEY_PREVIOUS")?;
         if let Some(v) = get("CLS_DATABASE_URL") {
             s.database_url = v;
         }

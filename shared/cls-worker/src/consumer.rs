@@ -24,7 +24,7 @@ use cls_contracts::event::EVENT_SCHEMA_VERSION;
 use cls_contracts::http::Accepted;
 use cls_contracts::read_model::Target;
 use cls_contracts::{CommandEnvelope, EventEnvelope, Module, Problem, ProblemCode, Reply};
-use cls_readmodel::{ReadModel, RefreshError, Staged};
+use cls_readmodel::{ReadModel, Staged};
 use cls_runtime::secret::SecretBox;
 use cls_store::inbox::{self, Claim, NewCommand};
 use cls_store::{PgPool, audit, effects, outbox};
@@ -453,11 +453,7 @@ impl CommandConsumer {
         let command = effects::CommandOutcome { command_id, outcome: &outcome, completed_at: now };
         let snapshots = effects::record(&mut tx, &audit, &events, Some(&command), &snapshot_keys).await?;
         let staged = match staging {
-            Some(staging) => match staging.finish(&mut tx, snapshots).await {
-                Ok(staged) => Some(staged),
-                Err(RefreshError::Store(error)) => return Err(error.into()),
-                Err(_) => None,
-            },
+            Some(staging) => Some(staging.finish(&mut tx, snapshots).await?),
             None => None,
         };
         tx.commit().await?;
