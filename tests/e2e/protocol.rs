@@ -112,12 +112,13 @@ async fn every_service_has_an_ops_listener() {
         worker.contains(&format!("{dlq} 0")) && worker.contains("cls_outbox_lag_seconds 0.0")
     })
     .await;
+    // The projector counts an event before its lag guard drops, so wait for both.
     eventually(Duration::from_secs(30), "the projector reports its lag", || async {
-        String::from_utf8_lossy(&c.ops_get("query", "/metrics").await.body).contains("cls_projector_events_total{")
+        let query = String::from_utf8_lossy(&c.ops_get("query", "/metrics").await.body).into_owned();
+        query.contains("cls_projector_events_total{")
+            && query.lines().any(|l| l.starts_with("cls_projector_lag_seconds ") && l != "cls_projector_lag_seconds 0.0")
     })
     .await;
-    let query = String::from_utf8_lossy(&c.ops_get("query", "/metrics").await.body).into_owned();
-    assert!(query.lines().any(|l| l.starts_with("cls_projector_lag_seconds ") && l != "cls_projector_lag_seconds 0.0"), "{query}");
     // The projector's dead-letter queue is watched by the query service.
     let projector_dlq = format!("cls_dlq_depth{{queue=\"{}.query.events.dlq\"}} 0", c.namespace);
     eventually(Duration::from_secs(30), "the query service samples the projector's DLQ", || async {
