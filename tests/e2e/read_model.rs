@@ -708,3 +708,27 @@ async fn read_model_license_by_id_tenancy_and_negative_entries() {
     assert_eq!(get_license(&c, &owner, &id).await["id"], id.as_str());
     c.stop().await;
 }
+
+/// `CLS_QUERY_SOCKET`: the gateway's reads reach the query service over a Unix socket (the
+/// gateway's query URL names a port nobody listens on), and the socket's file goes with the
+/// service.
+#[tokio::test]
+async fn reads_reach_the_query_service_over_its_unix_socket() {
+    let c = TestCluster::spawn_with(Options { query_over_socket: true, ..Options::default() }).await;
+    let socket = c.settings.query_socket.clone().expect("the cluster's socket");
+    assert!(socket.exists(), "{} is bound", socket.display());
+    c.wait_ready().await;
+
+    let (_, api) = brand_with_product(&c, "socketed", "SK", 2).await;
+    let (id, _, key) = provision(&c, &api, "socket@customer.io").await;
+    let r = c.post("/v1/activations", &[], &json!({"license_key": key, "product": "pro", "instance_id": "host-1"})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", text(&r));
+    let v = validate(&c, &key, Some("pro"), Some("host-1")).await;
+    assert_eq!((v["valid"].as_bool(), v["code"].as_str()), (Some(true), Some("VALID")), "{v}");
+    let license = get_license(&c, &api, &id).await;
+    assert_eq!(license["seats_used"], 1, "{license}");
+    assert_eq!(c.admin_get("/v1/admin/brands").await.status, StatusCode::OK);
+
+    c.stop().await;
+    assert!(!socket.exists(), "{} is removed when the query service stops", socket.display());
+}

@@ -42,11 +42,24 @@ pub struct Options {
     pub rate_limits: (u32, u32, u32),
     /// `CLS_TRUSTED_PROXIES` of the gateway (none unless a test is about a proxy in front).
     pub trusted_proxies: Vec<cls_runtime::IpRange>,
+    /// The gateway reaches the query service over a Unix socket only (`CLS_QUERY_SOCKET`): its
+    /// `CLS_QUERY_URL` names a port nobody listens on, so every read that answers went through
+    /// the socket.
+    pub query_over_socket: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { brands_workers: 1, licenses_workers: 1, activations_workers: 1, reply_timeout: Duration::from_secs(5), redis_url: None, rate_limits: (0, 0, 0), trusted_proxies: Vec::new() }
+        Options {
+            brands_workers: 1,
+            licenses_workers: 1,
+            activations_workers: 1,
+            reply_timeout: Duration::from_secs(5),
+            redis_url: None,
+            rate_limits: (0, 0, 0),
+            trusted_proxies: Vec::new(),
+            query_over_socket: false,
+        }
     }
 }
 
@@ -133,13 +146,21 @@ impl TestCluster {
         cls_store::pool::migrate(&pool).await.expect("migrate test database");
 
         let mut services = Vec::new();
+        if options.query_over_socket {
+            settings.query_socket = Some(std::env::temp_dir().join(format!("cls-{namespace}-query.sock")));
+        }
         let query = cls_query::App::build(settings.clone()).await.expect("build query service");
         let query_addr = query.addr();
         let mut ops = HashMap::from([("query".to_owned(), query.ops_addr())]);
         settings.query_url = format!("http://{query_addr}");
         services.push(spawn_service(|t| query.run_until_stopped(t)));
 
-        let gateway = cls_gateway::App::build(settings.clone()).await.expect("build gateway");
+        let mut gateway_settings = settings.clone();
+        if options.query_over_socket {
+            // The discard port: nothing listens on it here.
+            gateway_settings.query_url = "http://127.0.0.1:9".into();
+        }
+        let gateway = cls_gateway::App::build(gateway_settings).await.expect("build gateway");
         let gateway_url = format!("http://{}", gateway.addr());
         ops.insert("gateway".to_owned(), gateway.ops_addr());
         services.push(spawn_service(|t| gateway.run_until_stopped(t)));

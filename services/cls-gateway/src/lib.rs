@@ -56,7 +56,7 @@ impl App {
         let topology = Topology::new(settings.namespace.clone());
         topology.declare(&amqp.create_channel().await?).await?;
         let rpc = RpcClient::open(Link::open(&settings.amqp_url, "gateway-rpc").await?).await?;
-        let query = query::QueryClient::new(&settings.query_url, &settings.internal_token, settings.reply_timeout)?;
+        let query = query::QueryClient::new(&settings.query_url, settings.query_socket.clone(), &settings.internal_token, settings.reply_timeout)?;
         let listener = cls_runtime::http::bind(settings.http_addr).await?;
         let ops_listener = cls_runtime::http::bind(settings.ops_addr).await?;
 

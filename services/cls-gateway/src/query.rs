@@ -5,7 +5,11 @@
 //! answer is read. Cheaper per request than hyper_util's general-purpose client (no pool keyed
 //! by scheme and authority, no connector service, no absolute-URI rewriting), for the one address
 //! it talks to. A request that times out drops its connection, as HTTP/1 must.
+//!
+//! With `CLS_QUERY_SOCKET` the connections go to that Unix socket instead of the URL's host and
+//! port (the URL still gives the path prefix and the `Host` header).
 
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -20,7 +24,7 @@ use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::http::uri::{Authority, Scheme};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 /// Idle connections kept for reuse; more are opened under load and closed when given back
 /// past this many.
@@ -44,6 +48,8 @@ type Sender = http1::SendRequest<Full<Bytes>>;
 
 pub struct QueryClient {
     authority: Authority,
+    /// Where to connect instead of `authority`, if set.
+    socket: Option<PathBuf>,
     host: HeaderValue,
     /// The base URL's path (`CLS_QUERY_URL` may put the service under a prefix); empty if none.
     prefix: String,
@@ -54,14 +60,14 @@ pub struct QueryClient {
 }
 
 impl QueryClient {
-    pub fn new(base: &str, token: &Secret, timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(base: &str, socket: Option<PathBuf>, token: &Secret, timeout: Duration) -> anyhow::Result<Self> {
         let uri: Uri = base.parse().with_context(|| format!("the query service URL {base:?} is not a URL"))?;
         anyhow::ensure!(uri.scheme() == Some(&Scheme::HTTP), "the query service URL {base:?} must be http://host:port");
         let authority = uri.authority().cloned().with_context(|| format!("the query service URL {base:?} has no host"))?;
         let host = HeaderValue::from_str(authority.as_str()).context("the query service's host is not a valid header value")?;
         let prefix = uri.path().trim_end_matches('/').to_owned();
         let token = HeaderValue::from_str(token.expose()).context("the internal token is not a valid header value")?;
-        Ok(QueryClient { authority, host, prefix, token, timeout, idle: Mutex::new(Vec::new()) })
+        Ok(QueryClient { authority, socket, host, prefix, token, timeout, idle: Mutex::new(Vec::new()) })
     }
 
     pub async fn send(
@@ -148,15 +154,26 @@ impl QueryClient {
     }
 
     async fn connect(&self) -> anyhow::Result<Sender> {
+        if let Some(path) = &self.socket {
+            let stream = UnixStream::connect(path).await.with_context(|| format!("cannot connect to {}", path.display()))?;
+            return handshake(stream).await;
+        }
         let port = self.authority.port_u16().unwrap_or(80);
         let stream = TcpStream::connect((self.authority.host(), port)).await?;
         stream.set_nodelay(true)?;
-        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "query service connection ended with an error");
-            }
-        });
-        Ok(sender)
+        handshake(stream).await
     }
+}
+
+async fn handshake<S>(stream: S) -> anyhow::Result<Sender>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "query service connection ended with an error");
+        }
+    });
+    Ok(sender)
 }

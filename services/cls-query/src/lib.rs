@@ -47,6 +47,8 @@ pub(crate) struct State {
 pub struct App {
     state: Arc<State>,
     listener: TcpListener,
+    /// `CLS_QUERY_SOCKET`: the same routes on a Unix socket, for a gateway on this host.
+    socket: Option<cls_runtime::http::UnixSocket>,
     ops_listener: TcpListener,
     amqp: Arc<cls_bus::Link>,
     topology: Topology,
@@ -68,6 +70,7 @@ impl App {
         topology.declare_projector_queue(&channel).await?;
         let _ = channel.close(200, "declared".into()).await;
         let listener = cls_runtime::http::bind(settings.query_addr).await?;
+        let socket = settings.query_socket.as_deref().map(cls_runtime::http::UnixSocket::bind).transpose()?;
         let ops_listener = cls_runtime::http::bind(settings.ops_addr).await?;
         let secrets = SecretBox::for_settings(&settings);
 
@@ -85,7 +88,7 @@ impl App {
         let hot = hot::Hot::new(read_model.clone(), pool.clone(), settings.read_fallback_limit, metrics);
         let internal_token = SecretDigest::of(settings.internal_token.expose().as_bytes());
         let state = Arc::new(State { settings, pool, read_model, hot, secrets, http, internal_token });
-        Ok(App { state, listener, ops_listener, amqp, topology, registry, projected, projector_lag, projector_dlq })
+        Ok(App { state, listener, socket, ops_listener, amqp, topology, registry, projected, projector_lag, projector_dlq })
     }
 
     /// The internal address actually bound (port 0 in tests).
@@ -98,7 +101,8 @@ impl App {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        tracing::info!(addr = %self.addr(), ops = %self.ops_addr(), "query service started");
+        let socket = self.socket.as_ref().map(|s| s.path().display().to_string());
+        tracing::info!(addr = %self.addr(), socket, ops = %self.ops_addr(), "query service started");
         let consuming = Arc::new(AtomicBool::new(false));
         let projector = Arc::new(projector::Projector {
             queue: self.topology.projector_queue(),
@@ -141,14 +145,16 @@ impl App {
             self.projector_dlq.clone(),
             shutdown.clone(),
         ));
+        let socket_task = self.socket.map(|socket| {
+            let state = self.state.clone();
+            let serve = cls_runtime::http::serve(socket, move |req, ()| routes::handle(state.clone(), req), shutdown.clone(), drain);
+            tokio::spawn(serve)
+        });
         let state = self.state.clone();
-        cls_runtime::http::serve(
-            self.listener,
-            move |req, _| routes::handle(state.clone(), req),
-            shutdown.clone(),
-            self.state.settings.shutdown_timeout,
-        )
-        .await;
+        cls_runtime::http::serve(self.listener, move |req, _| routes::handle(state.clone(), req), shutdown.clone(), drain).await;
+        if let Some(task) = socket_task {
+            let _ = task.await;
+        }
         let _ = projector_task.await;
         let _ = dlq_task.await;
         let _ = ops_task.await;

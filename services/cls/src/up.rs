@@ -10,7 +10,9 @@
 //!
 //! Children run in their own process group, so a Ctrl-C in the terminal reaches only `cls`,
 //! which then stops them in order. They inherit this process's environment and its
-//! stdout/stderr; each gets its own `CLS_OPS_ADDR`.
+//! stdout/stderr; each gets its own `CLS_OPS_ADDR`. Unless `CLS_QUERY_SOCKET` is set, they also
+//! get one (see [`default_query_socket`]): the gateway then reaches the query service over a Unix
+//! socket instead of loopback TCP.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -152,6 +154,17 @@ pub fn reachable(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// The Unix socket between the gateway and the query service when the user named none: in the
+/// temporary directory, named after the namespace and the query service's port, so two clusters
+/// on one host do not meet. None if that path is too long for a socket address.
+pub fn default_query_socket(settings: &Settings) -> Option<PathBuf> {
+    if settings.query_socket.is_some() {
+        return None;
+    }
+    let path = std::env::temp_dir().join(format!("cls-{}-query-{}.sock", settings.namespace, settings.query_addr.port()));
+    (path.as_os_str().len() <= 107).then_some(path)
+}
+
 /// Runs the cluster until `shutdown`, then stops it. Exits cleanly (Ok) on a signal; fails if
 /// the cluster cannot be prepared or started.
 pub async fn run(plan: Plan, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -202,8 +215,11 @@ struct Children {
 
 /// Resolves binaries, replicas and ops ports. Fails on a missing required binary.
 fn plan_children(plan: &Plan) -> anyhow::Result<Children> {
-    let env: Vec<(&'static str, String)> =
+    let mut env: Vec<(&'static str, String)> =
         plan.generated.vars().into_iter().map(|(name, v)| (name, v.expose().to_owned())).collect();
+    if let Some(path) = default_query_socket(&plan.settings) {
+        env.push(("CLS_QUERY_SOCKET", path.display().to_string()));
+    }
     let ops_addr = |offset: u16| -> anyhow::Result<SocketAddr> {
         let port = plan
             .ops_base_port
@@ -472,6 +488,16 @@ fn announce_ready(settings: &Settings) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_query_socket_is_named_after_the_namespace_and_port_unless_set() {
+        let mut settings = Settings::local(cls_runtime::ServiceKind::Gateway, Secret::new("k"), Secret::new("t"));
+        settings.namespace = "acme".into();
+        let path = default_query_socket(&settings).expect("a short path");
+        assert_eq!(path, std::env::temp_dir().join("cls-acme-query-8081.sock"));
+        settings.query_socket = Some("/run/cls/query.sock".into());
+        assert_eq!(default_query_socket(&settings), None, "the user's socket is inherited as is");
+    }
 
     #[test]
     fn replicas_parse_known_kinds_only() {

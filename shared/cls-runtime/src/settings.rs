@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -121,6 +122,10 @@ pub struct Settings {
     pub query_addr: SocketAddr,
     /// `CLS_QUERY_URL`: where the gateway finds the query service (default `http://<query_addr>`).
     pub query_url: String,
+    /// `CLS_QUERY_SOCKET`: a Unix socket the query service also listens on and the gateway then
+    /// uses instead of `query_url`, when both run on one host (`cls up` sets it): the hop every
+    /// read takes skips the TCP stack.
+    pub query_socket: Option<PathBuf>,
     /// `CLS_OPS_ADDR`: this process's ops listener (health, readiness, metrics).
     pub ops_addr: SocketAddr,
     /// `CLS_ADMIN_TOKEN`: none means every admin call answers 401.
@@ -174,6 +179,7 @@ impl Settings {
             http_addr: "127.0.0.1:8080".parse().expect("literal address"),
             query_addr,
             query_url: format!("http://{query_addr}"),
+            query_socket: None,
             ops_addr: SocketAddr::from(([127, 0, 0, 1], kind.default_ops_port())),
             admin_token: None,
             secret_key,
@@ -242,6 +248,13 @@ impl Settings {
         }
         if let Some(v) = get("CLS_QUERY_URL") {
             s.query_url = v.trim_end_matches('/').to_owned();
+        }
+        if let Some(v) = get("CLS_QUERY_SOCKET") {
+            // sun_path holds 108 bytes, the terminating NUL included.
+            if v.len() > 107 {
+                bail!("CLS_QUERY_SOCKET must be a path of at most 107 bytes");
+            }
+            s.query_socket = Some(PathBuf::from(v));
         }
         if let Some(v) = get("CLS_OPS_ADDR") {
             s.ops_addr = v.parse().with_context(|| format!("CLS_OPS_ADDR {v:?} is not host:port"))?;
@@ -359,6 +372,14 @@ mod tests {
         assert_eq!(Settings::from_lookup(ServiceKind::LicensesWorker, env(&SECRETS)).unwrap().relay_linger, Duration::from_millis(50));
         assert_eq!(with("0").unwrap().relay_linger, Duration::ZERO);
         assert!(with("10001").unwrap_err().to_string().contains("CLS_RELAY_LINGER_MS"));
+    }
+
+    #[test]
+    fn the_query_socket_is_optional_and_fits_a_socket_address() {
+        let with = |v: String| Settings::from_lookup(ServiceKind::Gateway, env(&[SECRETS[0], SECRETS[1], ("CLS_QUERY_SOCKET", &v)]));
+        assert_eq!(Settings::from_lookup(ServiceKind::Gateway, env(&SECRETS)).unwrap().query_socket, None);
+        assert_eq!(with("/run/cls/query.sock".into()).unwrap().query_socket, Some(PathBuf::from("/run/cls/query.sock")));
+        assert!(with(format!("/{}", "x".repeat(107))).unwrap_err().to_string().contains("CLS_QUERY_SOCKET"));
     }
 
     #[test]
