@@ -210,3 +210,49 @@ async fn cls_read_model_rebuild_refills_a_wiped_namespace_while_serving() {
     let _ = redis.quit().await;
     c.stop().await;
 }
+
+/// Whether a process has ended (gone, or a zombie its new parent has not reaped yet).
+fn ended(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in brackets, which may itself hold spaces.
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cls_up_killed_outright_takes_its_children_with_it() {
+    let suffix = uuid::Uuid::now_v7().simple().to_string();
+    let namespace = format!("cli{}", &suffix[20..]);
+    let database_url = format!("{LOCAL_DATABASE}/cls_cli_{}", &suffix[20..]);
+    let http_addr = format!("127.0.0.1:{}", free_port(10_000, 20_000));
+    let query_addr = format!("127.0.0.1:{}", free_port(10_000, 20_000));
+    let ops_base = free_port(20_000, 30_000);
+    let env = [
+        ("CLS_DATABASE_URL", database_url.as_str()),
+        ("CLS_NAMESPACE", namespace.as_str()),
+        ("CLS_HTTP_ADDR", http_addr.as_str()),
+        ("CLS_QUERY_ADDR", query_addr.as_str()),
+        ("CLS_DB_POOL_SIZE", "3"),
+        ("CLS_LOG", "warn"),
+    ];
+    let mut up = tokio::process::Command::new(binary_path("cls"))
+        .args(["up", "--ops-base-port", &ops_base.to_string()])
+        .envs(env)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("cls up starts (run `cargo build --bins` first)");
+    let pid = up.id().unwrap();
+    let mut settings = Settings::local(ServiceKind::Gateway, Secret::new("unused-secret-key-000"), Secret::new("unused-internal-token"));
+    settings.database_url = database_url;
+    settings.namespace = namespace;
+    let _guard = StopOnDrop(pid, settings);
+
+    // Every child started: the query service, one worker per kind, the gateway.
+    eventually(Duration::from_secs(90), "cls up started its five children", || async { children(pid).len() == 5 }).await;
+    let started: Vec<u32> = children(pid).into_iter().map(|(p, _)| p).collect();
+
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    up.wait().await.unwrap();
+    eventually(Duration::from_secs(30), "the orphaned children stopped", || async { started.iter().all(|p| ended(*p)) }).await;
+}

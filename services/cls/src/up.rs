@@ -9,7 +9,9 @@
 //! are killed; a group stopped after a straggler used up the deadline still gets a short grace.
 //!
 //! Children run in their own process group, so a Ctrl-C in the terminal reaches only `cls`,
-//! which then stops them in order. They inherit this process's environment and its
+//! which then stops them in order. If `cls` is killed outright (SIGKILL, the OOM killer), each
+//! child sees within a second that it was orphaned (`CLS_SUPERVISOR_PID`) and stops as on
+//! SIGTERM. They inherit this process's environment and its
 //! stdout/stderr; each gets its own `CLS_OPS_ADDR`. Unless `CLS_QUERY_SOCKET` is set, they also
 //! get one (see [`default_query_socket`]): the gateway then reaches the query service over a Unix
 //! socket instead of loopback TCP.
@@ -350,6 +352,8 @@ fn spawn(spec: &ChildSpec) -> anyhow::Result<Child> {
     command
         .envs(spec.env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("CLS_OPS_ADDR", spec.ops_addr.to_string())
+        // If `cls` is killed without stopping them, the children notice and stop themselves.
+        .env(cls_runtime::shutdown::SUPERVISOR_PID_VAR, std::process::id().to_string())
         .stdin(Stdio::null())
         // Its own process group: a terminal's Ctrl-C reaches `cls` only, which stops children in order.
         .process_group(0)
