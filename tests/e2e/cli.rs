@@ -59,8 +59,17 @@ impl Drop for StopOnDrop {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cls_up_brand_create_and_a_product() {
+/// `cls up` started on free ports in a namespace and database of its own, without secrets (it
+/// generates them); stopped and cleaned up by `guard` if the test ends early.
+struct Up {
+    child: tokio::process::Child,
+    pid: u32,
+    http_addr: String,
+    settings: Settings,
+    guard: StopOnDrop,
+}
+
+fn start_up(extra_args: &[&str]) -> Up {
     let suffix = uuid::Uuid::now_v7().simple().to_string();
     let namespace = format!("cli{}", &suffix[20..]);
     let database_url = format!("{LOCAL_DATABASE}/cls_cli_{}", &suffix[20..]);
@@ -77,19 +86,26 @@ async fn cls_up_brand_create_and_a_product() {
         ("CLS_DB_POOL_SIZE", "3"),
         ("CLS_LOG", "warn"),
     ];
-    let mut up = tokio::process::Command::new(binary_path("cls"))
-        .args(["up", "--ops-base-port", &ops_base.to_string(), "--replicas", "activations=3"])
+    let child = tokio::process::Command::new(binary_path("cls"))
+        .args(["up", "--ops-base-port", &ops_base.to_string()])
+        .args(extra_args)
         .envs(env)
         .env_remove("CLS_SECRET_KEY")
         .env_remove("CLS_INTERNAL_TOKEN")
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("cls up starts (run `cargo build --bins` first)");
-    let pid = up.id().unwrap();
+    let pid = child.id().unwrap();
     let mut settings = Settings::local(ServiceKind::Gateway, Secret::new("unused-secret-key-000"), Secret::new("unused-internal-token"));
     settings.database_url = database_url;
     settings.namespace = namespace;
     let guard = StopOnDrop(pid, settings.clone());
+    Up { child, pid, http_addr, settings, guard }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cls_up_brand_create_and_a_product() {
+    let Up { child: mut up, pid, http_addr, settings, guard } = start_up(&["--replicas", "activations=3"]);
 
     let http = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
     let get = |path: String| {
@@ -222,31 +238,7 @@ fn ended(pid: u32) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cls_up_killed_outright_takes_its_children_with_it() {
-    let suffix = uuid::Uuid::now_v7().simple().to_string();
-    let namespace = format!("cli{}", &suffix[20..]);
-    let database_url = format!("{LOCAL_DATABASE}/cls_cli_{}", &suffix[20..]);
-    let http_addr = format!("127.0.0.1:{}", free_port(10_000, 20_000));
-    let query_addr = format!("127.0.0.1:{}", free_port(10_000, 20_000));
-    let ops_base = free_port(20_000, 30_000);
-    let env = [
-        ("CLS_DATABASE_URL", database_url.as_str()),
-        ("CLS_NAMESPACE", namespace.as_str()),
-        ("CLS_HTTP_ADDR", http_addr.as_str()),
-        ("CLS_QUERY_ADDR", query_addr.as_str()),
-        ("CLS_DB_POOL_SIZE", "3"),
-        ("CLS_LOG", "warn"),
-    ];
-    let mut up = tokio::process::Command::new(binary_path("cls"))
-        .args(["up", "--ops-base-port", &ops_base.to_string()])
-        .envs(env)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("cls up starts (run `cargo build --bins` first)");
-    let pid = up.id().unwrap();
-    let mut settings = Settings::local(ServiceKind::Gateway, Secret::new("unused-secret-key-000"), Secret::new("unused-internal-token"));
-    settings.database_url = database_url;
-    settings.namespace = namespace;
-    let _guard = StopOnDrop(pid, settings);
+    let Up { child: mut up, pid, guard: _guard, .. } = start_up(&[]);
 
     // Every child started: the query service, one worker per kind, the gateway.
     eventually(Duration::from_secs(90), "cls up started its five children", || async { children(pid).len() == 5 }).await;
