@@ -14,7 +14,7 @@
 #   3. The compose file: every binary a service runs is a workspace bin target that the image
 #      carries; every `cls <subcommand>` exists (`cls <subcommand> --help`); every CLS_* variable
 #      it sets is one the code reads; every service binary gets the secrets Settings requires
-#      and binds its listeners on 0.0.0.0 (a 127.0.0.1 bind is unreachable from other
+#      and no other (least privilege), and binds its listeners on 0.0.0.0 (a 127.0.0.1 bind is unreachable from other
 #      containers); healthchecks probe the ops port the service listens on; replicas are
 #      variables; every bind-mounted file exists; every ${VAR} it uses is listed in .env.example
 #      (and every entry there is used), with the secrets left empty.
@@ -67,7 +67,16 @@ HAPROXY = COMPOSE_DIR / "haproxy" / "haproxy.cfg"
 DATASOURCES = COMPOSE_DIR / "grafana" / "provisioning" / "datasources"
 DASHBOARDS = COMPOSE_DIR / "grafana" / "dashboards"
 # The port every CLS container serves its ops listener on (CLS_OPS_ADDR in the compose file).
-SECRETS_REQUIRED_BY_SETTINGS = ("CLS_SECRET_KEY", "CLS_INTERNAL_TOKEN")
+# The secrets each binary's Settings requires (ServiceKind::seals_outcomes / speaks_to_query);
+# least privilege: no service gets one it does not use.
+SECRETS = ("CLS_SECRET_KEY", "CLS_SECRET_KEY_PREVIOUS", "CLS_INTERNAL_TOKEN")
+SECRETS_REQUIRED_BY_SETTINGS = {
+    "cls-gateway": ("CLS_INTERNAL_TOKEN",),
+    "cls-query": ("CLS_SECRET_KEY", "CLS_INTERNAL_TOKEN"),
+    "cls-brands-worker": ("CLS_SECRET_KEY",),
+    "cls-licenses-worker": ("CLS_SECRET_KEY",),
+    "cls-activations-worker": ("CLS_SECRET_KEY",),
+}
 # Which variable holds a service binary's listening addresses (their defaults are 127.0.0.1).
 LISTEN_VARS = {"cls-gateway": ("CLS_HTTP_ADDR",), "cls-query": ("CLS_QUERY_ADDR",)}
 
@@ -302,8 +311,14 @@ for name, service in cls_services.items():
             expect(code_reads(var), f"{name}: {var} is read by the code", 'no "' + var + '" in shared/ or services/')
 
 for name, (binary, service, env) in long_running.items():
-    for var in SECRETS_REQUIRED_BY_SETTINGS:
+    required = SECRETS_REQUIRED_BY_SETTINGS.get(binary, ())
+    for var in required:
         expect(var in env, f"{name}: sets {var} (Settings refuses to start without it)")
+    # CLS_SECRET_KEY_PREVIOUS goes with CLS_SECRET_KEY.
+    allowed = set(required) | ({"CLS_SECRET_KEY_PREVIOUS"} if "CLS_SECRET_KEY" in required else set())
+    for var in SECRETS:
+        if var not in allowed:
+            expect(var not in env, f"{name}: does not get {var} (it does not use it)")
     ops = str(env.get("CLS_OPS_ADDR", ""))
     expect(ops.startswith("0.0.0.0:"), f"{name}: CLS_OPS_ADDR binds 0.0.0.0 (Prometheus and HAProxy reach it)", f"CLS_OPS_ADDR={ops!r}")
     for var in LISTEN_VARS.get(binary, ()):

@@ -69,10 +69,10 @@ async fn a_replay_after_the_secret_key_rotated_opens_with_the_previous_key() {
     let first = c.post(&path, &headers, &body).await;
     assert_eq!(first.status, StatusCode::CREATED);
 
-    let old_key = c.settings.secret_key.clone();
+    let old_key = c.settings.secret_key.clone().expect("the test cluster has one");
     let new_key = Secret::new("the-rotated-secret-key-0123");
     c.stop_workers().await;
-    c.settings.secret_key = new_key.clone();
+    c.settings.secret_key = Some(new_key.clone());
     c.start_worker(Module::Brands).await;
     let closed = c.post(&path, &headers, &body).await;
     assert_eq!(closed.status, StatusCode::INTERNAL_SERVER_ERROR, "rotated without the previous key");

@@ -501,7 +501,7 @@ async fn another_brands_resources_answer_exactly_like_unknown_ones() {
     })
     .unwrap();
     let get_license = MATRIX.iter().find(|r| r.variant == "GetLicense").unwrap();
-    let internal = c.settings.internal_token.expose();
+    let internal = c.settings.internal_token.as_ref().expect("the test cluster has one").expose();
     for (whose, path) in [("B's id", fill(get_license, own(&b))), ("an unknown id", fill(get_license, |_| Uuid::now_v7().to_string()))] {
         let headers = [("x-api-key", a.write_key.as_str()), ("x-cls-principal", forged.as_str()), ("x-cls-internal-token", internal)];
         calls.push(Call::new(format!("GET license with A's key and B's principal forged on {whose}"), get_license, path, &headers, None));
@@ -694,7 +694,7 @@ async fn every_admin_and_brand_route_refuses_bad_credentials_and_missing_scopes(
 async fn the_query_service_refuses_requests_without_the_internal_credential() {
     let c = TestCluster::spawn().await;
     let a = tenant(&c, "internal-a", "NA").await;
-    let internal = c.settings.internal_token.expose().to_owned();
+    let internal = c.settings.internal_token.as_ref().expect("the test cluster has one").expose().to_owned();
     let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
     let base = format!("http://{}", c.query_addr);
     let key_hash = cls_domain::LicenseKey::parse(&a.full_key).unwrap().hash().into_inner();

@@ -423,6 +423,20 @@ async fn run(format: &str, given_secrets: bool) {
         assert_eq!(values.len(), 1, "every child has one {name}");
         values.into_iter().next().unwrap()
     };
+    // Least privilege: the gateway runs without the secret key, the workers without the token.
+    for kid in &kids {
+        let command = std::fs::read_to_string(format!("/proc/{kid}/cmdline")).unwrap_or_default();
+        let withheld: &[&str] = if command.contains("cls-gateway") {
+            &["CLS_SECRET_KEY", "CLS_SECRET_KEY_PREVIOUS"]
+        } else if command.contains("-worker") {
+            &["CLS_INTERNAL_TOKEN"]
+        } else {
+            &[]
+        };
+        for name in withheld {
+            assert_eq!(environ(*kid, name), None, "{command:?} runs without {name}");
+        }
+    }
     let (secret_key, internal) = if given_secrets {
         assert_eq!(read("CLS_SECRET_KEY"), secret_key);
         assert_eq!(read("CLS_INTERNAL_TOKEN"), internal);

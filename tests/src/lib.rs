@@ -249,8 +249,6 @@ impl TestCluster {
             ("CLS_REDIS_URL", s.redis_url.clone()),
             ("CLS_AMQP_URL", s.amqp_url.clone()),
             ("CLS_NAMESPACE", s.namespace.clone()),
-            ("CLS_SECRET_KEY", s.secret_key.expose().to_owned()),
-            ("CLS_INTERNAL_TOKEN", s.internal_token.expose().to_owned()),
             ("CLS_OPS_ADDR", "127.0.0.1:0".to_owned()),
             ("CLS_DB_POOL_SIZE", "4".to_owned()),
             ("CLS_WORKER_CONCURRENCY", "8".to_owned()),
@@ -259,6 +257,11 @@ impl TestCluster {
             ("CLS_RATE_IP", s.rate_ip.to_string()),
             ("CLS_RATE_LICENSE_KEY", s.rate_license_key.to_string()),
         ]);
+        for (name, secret) in [("CLS_SECRET_KEY", &s.secret_key), ("CLS_INTERNAL_TOKEN", &s.internal_token)] {
+            if let Some(secret) = secret {
+                env.insert(name, secret.expose().to_owned());
+            }
+        }
         if let Some(previous) = &s.secret_key_previous {
             env.insert("CLS_SECRET_KEY_PREVIOUS", previous.expose().to_owned());
         }

@@ -14,6 +14,7 @@ pub mod routes;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use anyhow::Context;
 use cls_bus::{Link, RpcClient, Topology};
 use cls_runtime::ops::{Ops, probe};
 use cls_runtime::{CancellationToken, ServiceKind, Settings};
@@ -56,7 +57,8 @@ impl App {
         let topology = Topology::new(settings.namespace.clone());
         topology.declare(&amqp.create_channel().await?).await?;
         let rpc = RpcClient::open(Link::open(&settings.amqp_url, "gateway-rpc").await?).await?;
-        let query = query::QueryClient::new(&settings.query_url, settings.query_socket.clone(), &settings.internal_token, settings.reply_timeout)?;
+        let token = settings.internal_token.as_ref().context("CLS_INTERNAL_TOKEN is not set")?;
+        let query = query::QueryClient::new(&settings.query_url, settings.query_socket.clone(), token, settings.reply_timeout)?;
         let listener = cls_runtime::http::bind(settings.http_addr).await?;
         let ops_listener = cls_runtime::http::bind(settings.ops_addr).await?;
 

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use anyhow::Context;
 use cls_bus::Topology;
 use cls_readmodel::ReadModel;
 use cls_runtime::ops::{Ops, probe};
@@ -72,7 +73,7 @@ impl App {
         let listener = cls_runtime::http::bind(settings.query_addr).await?;
         let socket = settings.query_socket.as_deref().map(cls_runtime::http::UnixSocket::bind).transpose()?;
         let ops_listener = cls_runtime::http::bind(settings.ops_addr).await?;
-        let secrets = SecretBox::for_settings(&settings);
+        let secrets = SecretBox::for_settings(&settings)?;
 
         let mut registry = Registry::with_prefix("cls");
         let metrics = hot::HotMetrics::default();
@@ -86,7 +87,8 @@ impl App {
         let http = HttpMetrics::default();
         http.register(&mut registry);
         let hot = hot::Hot::new(read_model.clone(), pool.clone(), settings.read_fallback_limit, metrics);
-        let internal_token = SecretDigest::of(settings.internal_token.expose().as_bytes());
+        let internal_token = settings.internal_token.as_ref().context("CLS_INTERNAL_TOKEN is not set")?;
+        let internal_token = SecretDigest::of(internal_token.expose().as_bytes());
         let state = Arc::new(State { settings, pool, read_model, hot, secrets, http, internal_token });
         Ok(App { state, listener, socket, ops_listener, amqp, topology, registry, projected, projector_lag, projector_dlq })
     }

@@ -11,8 +11,9 @@
 //! Children run in their own process group, so a Ctrl-C in the terminal reaches only `cls`,
 //! which then stops them in order. If `cls` is killed outright (SIGKILL, the OOM killer), each
 //! child sees within a second that it was orphaned (`CLS_SUPERVISOR_PID`) and stops as on
-//! SIGTERM. They inherit this process's environment and its
-//! stdout/stderr; each gets its own `CLS_OPS_ADDR`. Unless `CLS_QUERY_SOCKET` is set, they also
+//! SIGTERM. They inherit this process's environment and its stdout/stderr, except the secrets a
+//! child does not use (the gateway gets no `CLS_SECRET_KEY`, the workers no
+//! `CLS_INTERNAL_TOKEN`); each gets its own `CLS_OPS_ADDR`. Unless `CLS_QUERY_SOCKET` is set, they also
 //! get one (see [`default_query_socket`]): the gateway then reaches the query service over a Unix
 //! socket instead of loopback TCP.
 
@@ -205,7 +206,13 @@ struct ChildSpec {
     ops_addr: SocketAddr,
     /// Variables set on top of the inherited environment (generated secrets).
     env: Vec<(&'static str, String)>,
+    /// Secrets this child does not use, removed from what it inherits (least privilege).
+    withheld: &'static [&'static str],
 }
+
+/// The gateway never opens a sealed outcome; the workers never call the query service.
+const GATEWAY_WITHHELD: &[&str] = &["CLS_SECRET_KEY", "CLS_SECRET_KEY_PREVIOUS"];
+const WORKER_WITHHELD: &[&str] = &["CLS_INTERNAL_TOKEN"];
 
 /// Which children to run, by start group.
 #[derive(Debug)]
@@ -229,12 +236,12 @@ fn plan_children(plan: &Plan) -> anyhow::Result<Children> {
             .context("--ops-base-port leaves no room for every child's ops port")?;
         Ok(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port))
     };
-    let spec = |name: String, binary: PathBuf, offset: u16| -> anyhow::Result<ChildSpec> {
-        Ok(ChildSpec { name, binary, ops_addr: ops_addr(offset)?, env: env.clone() })
+    let spec = |name: String, binary: PathBuf, offset: u16, withheld: &'static [&'static str]| -> anyhow::Result<ChildSpec> {
+        Ok(ChildSpec { name, binary, ops_addr: ops_addr(offset)?, env: env.clone(), withheld })
     };
 
-    let query = spec("query".into(), required_binary(&plan.bin_dir, QUERY_BINARY)?, QUERY_OPS_OFFSET)?;
-    let gateway = spec("gateway".into(), required_binary(&plan.bin_dir, GATEWAY_BINARY)?, GATEWAY_OPS_OFFSET)?;
+    let query = spec("query".into(), required_binary(&plan.bin_dir, QUERY_BINARY)?, QUERY_OPS_OFFSET, &[])?;
+    let gateway = spec("gateway".into(), required_binary(&plan.bin_dir, GATEWAY_BINARY)?, GATEWAY_OPS_OFFSET, GATEWAY_WITHHELD)?;
     let mut workers = Vec::new();
     let mut offset = FIRST_WORKER_OPS_OFFSET;
     for kind in WORKER_KINDS {
@@ -259,7 +266,7 @@ fn plan_children(plan: &Plan) -> anyhow::Result<Children> {
             );
         }
         for replica in 1..=replicas {
-            workers.push(spec(format!("{}-worker-{replica}", kind.module.as_str()), binary.clone(), offset)?);
+            workers.push(spec(format!("{}-worker-{replica}", kind.module.as_str()), binary.clone(), offset, WORKER_WITHHELD)?);
             offset += 1;
         }
     }
@@ -359,6 +366,9 @@ fn spawn(spec: &ChildSpec) -> anyhow::Result<Child> {
         .process_group(0)
         // If `cls` itself fails, no child outlives it.
         .kill_on_drop(true);
+    for name in spec.withheld {
+        command.env_remove(name);
+    }
     let child = command.spawn().with_context(|| format!("cannot start {}", spec.binary.display()))?;
     tracing::info!(child = %spec.name, pid = child.id(), ops = %spec.ops_addr, "started");
     Ok(child)

@@ -33,8 +33,10 @@ impl SecretBox {
     }
 
     /// The box of a process: `CLS_SECRET_KEY`, and `CLS_SECRET_KEY_PREVIOUS` for opening only.
-    pub fn for_settings(settings: &crate::Settings) -> Self {
-        SecretBox { previous: settings.secret_key_previous.as_ref().map(cipher), ..SecretBox::new(&settings.secret_key) }
+    /// Fails if the settings have no `CLS_SECRET_KEY` (only the gateway runs without one).
+    pub fn for_settings(settings: &crate::Settings) -> anyhow::Result<Self> {
+        let key = settings.secret_key.as_ref().ok_or_else(|| anyhow::anyhow!("CLS_SECRET_KEY is not set"))?;
+        Ok(SecretBox { previous: settings.secret_key_previous.as_ref().map(cipher), ..SecretBox::new(key) })
     }
 
     /// `nonce || ciphertext`, with a fresh random nonce.
@@ -137,13 +139,13 @@ mod tests {
         let sealed_before = SecretBox::new(&old_key).seal(b"before");
         let mut settings = crate::Settings::local(crate::ServiceKind::Gateway, Secret::new("the-new-secret-key"), Secret::new("internal-token-0123456789"));
         settings.secret_key_previous = Some(old_key.clone());
-        let rotated = SecretBox::for_settings(&settings);
+        let rotated = SecretBox::for_settings(&settings).unwrap();
         assert_eq!(rotated.open(&sealed_before).unwrap(), b"before");
         let sealed_after = rotated.seal(b"after");
         assert!(SecretBox::new(&old_key).open(&sealed_after).is_err(), "new outcomes are sealed with the new key");
         assert_eq!(SecretBox::new(&Secret::new("the-new-secret-key")).open(&sealed_after).unwrap(), b"after");
         // Without the previous key, what was sealed before stays closed.
         settings.secret_key_previous = None;
-        assert!(SecretBox::for_settings(&settings).open(&sealed_before).is_err());
+        assert!(SecretBox::for_settings(&settings).unwrap().open(&sealed_before).is_err());
     }
 }

@@ -88,6 +88,17 @@ impl ServiceKind {
         }
     }
 
+    /// Whether this process seals or opens the secrets in stored outcomes (`CLS_SECRET_KEY`).
+    pub fn seals_outcomes(self) -> bool {
+        !matches!(self, ServiceKind::Gateway)
+    }
+
+    /// Whether this process is on either end of the gateway → query service hop
+    /// (`CLS_INTERNAL_TOKEN`).
+    pub fn speaks_to_query(self) -> bool {
+        matches!(self, ServiceKind::Gateway | ServiceKind::Query)
+    }
+
     fn default_ops_port(self) -> u16 {
         match self {
             ServiceKind::Gateway => 9100,
@@ -130,13 +141,15 @@ pub struct Settings {
     pub ops_addr: SocketAddr,
     /// `CLS_ADMIN_TOKEN`: none means every admin call answers 401.
     pub admin_token: Option<Secret>,
-    /// `CLS_SECRET_KEY`: seals secrets inside stored command outcomes.
-    pub secret_key: Secret,
+    /// `CLS_SECRET_KEY`: seals secrets inside stored command outcomes. Required by the processes
+    /// that seal or open them (workers, query service); the gateway runs without it.
+    pub secret_key: Option<Secret>,
     /// `CLS_SECRET_KEY_PREVIOUS`: the key `CLS_SECRET_KEY` replaced, still used to open the
     /// outcomes sealed before the rotation (never to seal).
     pub secret_key_previous: Option<Secret>,
-    /// `CLS_INTERNAL_TOKEN`: the credential the gateway presents to the query service.
-    pub internal_token: Secret,
+    /// `CLS_INTERNAL_TOKEN`: the credential the gateway presents to the query service. Required
+    /// by those two; the workers run without it.
+    pub internal_token: Option<Secret>,
     /// `CLS_REPLY_TIMEOUT_MS`: how long the gateway waits for a worker's reply before 202.
     pub reply_timeout: Duration,
     /// `CLS_SHUTDOWN_TIMEOUT_MS`: the bound on draining in-flight work at shutdown.
@@ -170,6 +183,11 @@ pub struct Settings {
 impl Settings {
     /// Local defaults for `kind`, with the two secrets given (tests and `cls up` use this).
     pub fn local(kind: ServiceKind, secret_key: Secret, internal_token: Secret) -> Self {
+        Settings { secret_key: Some(secret_key), internal_token: Some(internal_token), ..Settings::defaults(kind) }
+    }
+
+    /// Local defaults for `kind`, without secrets.
+    fn defaults(kind: ServiceKind) -> Self {
         let query_addr: SocketAddr = "127.0.0.1:8081".parse().expect("literal address");
         Settings {
             database_url: "postgres://postgres@127.0.0.1:5432/cls".into(),
@@ -182,9 +200,9 @@ impl Settings {
             query_socket: None,
             ops_addr: SocketAddr::from(([127, 0, 0, 1], kind.default_ops_port())),
             admin_token: None,
-            secret_key,
+            secret_key: None,
             secret_key_previous: None,
-            internal_token,
+            internal_token: None,
             reply_timeout: Duration::from_millis(5000),
             shutdown_timeout: Duration::from_secs(10),
             // Above the default concurrency (16 commands + 16 events) minus what waits on locks,
@@ -222,7 +240,11 @@ impl Settings {
         let required = |name: &str| {
             secret(name)?.with_context(|| format!("{name} is not set (`cls up` generates one for local use)"))
         };
-        let mut s = Settings::local(kind, required("CLS_SECRET_KEY")?, required("CLS_INTERNAL_TOKEN")?);
+        // Each secret goes only to the processes that use it; one that is set is checked anyway.
+        let mut s = Settings::defaults(kind);
+        s.secret_key = if kind.seals_outcomes() { Some(required("CLS_SECRET_KEY")?) } else { secret("CLS_SECRET_KEY")? };
+        s.internal_token =
+            if kind.speaks_to_query() { Some(required("CLS_INTERNAL_TOKEN")?) } else { secret("CLS_INTERNAL_TOKEN")? };
         s.secret_key_previous = secret("CLS_SECRET_KEY_PREVIOUS")?;
         if let Some(v) = get("CLS_DATABASE_URL") {
             s.database_url = v;
@@ -342,6 +364,24 @@ mod tests {
     fn missing_secret_key_is_refused() {
         let err = Settings::from_lookup(ServiceKind::Query, env(&SECRETS[1..])).unwrap_err();
         assert!(err.to_string().contains("CLS_SECRET_KEY"));
+    }
+
+    #[test]
+    fn each_process_needs_only_the_secrets_it_uses() {
+        let (key, token) = (&SECRETS[..1], &SECRETS[1..]);
+        // The gateway never sees sealed outcomes; the workers never call the query service.
+        let gateway = Settings::from_lookup(ServiceKind::Gateway, env(token)).unwrap();
+        assert_eq!((gateway.secret_key.is_some(), gateway.internal_token.is_some()), (false, true));
+        for worker in [ServiceKind::BrandsWorker, ServiceKind::LicensesWorker, ServiceKind::ActivationsWorker] {
+            let s = Settings::from_lookup(worker, env(key)).unwrap();
+            assert_eq!((s.secret_key.is_some(), s.internal_token.is_some()), (true, false), "{worker:?}");
+            assert!(Settings::from_lookup(worker, env(token)).unwrap_err().to_string().contains("CLS_SECRET_KEY"));
+        }
+        assert!(Settings::from_lookup(ServiceKind::Gateway, env(key)).unwrap_err().to_string().contains("CLS_INTERNAL_TOKEN"));
+        assert!(Settings::from_lookup(ServiceKind::Query, env(key)).unwrap_err().to_string().contains("CLS_INTERNAL_TOKEN"));
+        // One that is set where it is not needed is still checked.
+        let short = [SECRETS[1], ("CLS_SECRET_KEY", "short")];
+        assert!(Settings::from_lookup(ServiceKind::Gateway, env(&short)).unwrap_err().to_string().contains("CLS_SECRET_KEY"));
     }
 
     #[test]

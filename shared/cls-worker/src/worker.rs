@@ -35,6 +35,7 @@ pub struct Worker {
     publish: Arc<Link>,
     topology: Topology,
     read_model: Arc<ReadModel>,
+    secrets: SecretBox,
     ops_listener: TcpListener,
     /// The module's subscriber queue on `<ns>.events` and its reaction, if it has one.
     events: Option<(String, EventDispatch)>,
@@ -42,6 +43,7 @@ pub struct Worker {
 
 impl Worker {
     pub async fn build(settings: Settings, kind: ServiceKind, module: Module, dispatch: Dispatch) -> anyhow::Result<Worker> {
+        let secrets = SecretBox::for_settings(&settings)?;
         let pool = cls_store::pool::connect_now(&settings.database_url, settings.db_pool_size, kind.name(), cls_store::pool::Planning::Generic).await?;
         // Separate connections for consuming and publishing: a broker that blocks publishers
         // (resource alarm) must not stop deliveries and acks.
@@ -51,7 +53,7 @@ impl Worker {
         topology.declare(&consume.create_channel().await?).await?;
         let read_model = Arc::new(ReadModel::connect(&settings.redis_url, &settings.namespace).await?);
         let ops_listener = cls_runtime::http::bind(settings.ops_addr).await?;
-        Ok(Worker { settings, kind, module, dispatch, pool, consume, publish, topology, read_model, ops_listener, events: None })
+        Ok(Worker { settings, kind, module, dispatch, pool, consume, publish, topology, read_model, secrets, ops_listener, events: None })
     }
 
     /// Also consume `queue` (a subscriber queue on `<ns>.events`, declared by the topology)
@@ -82,6 +84,7 @@ impl Worker {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let ops_addr = self.ops_addr();
         let mut registry = Registry::with_prefix("cls");
         let outcomes = Family::<Vec<(String, String)>, Counter>::default();
         registry.register("commands", "Commands handled, by command type and outcome", outcomes.clone());
@@ -103,7 +106,7 @@ impl Worker {
             queue: self.topology.command_queue(self.module),
             pool: self.pool.clone(),
             dispatch: self.dispatch,
-            secrets: SecretBox::for_settings(&self.settings),
+            secrets: self.secrets,
             concurrency: self.settings.worker_concurrency,
             consuming: consuming.clone(),
             outcomes,
@@ -161,7 +164,7 @@ impl Worker {
                 async move { ready }
             }));
 
-        tracing::info!(service = self.kind.name(), ops = %self.ops_addr(), "worker started");
+        tracing::info!(service = self.kind.name(), ops = %ops_addr, "worker started");
         let drain = self.settings.shutdown_timeout;
         let ops_task = tokio::spawn(ops.serve(self.ops_listener, shutdown.clone()));
         let relay_task = tokio::spawn(relay.run(self.publish.clone(), shutdown.clone()));
