@@ -54,7 +54,6 @@ async fn idempotent_replay_returns_the_first_outcome_with_its_secret() {
     c.stop().await;
 }
 
-
 /// Rotating `CLS_SECRET_KEY`: a retry of a request answered before the rotation replays its
 /// first answer, secret included, once the old key is given as `CLS_SECRET_KEY_PREVIOUS`;
 /// without it the stored secret cannot be opened and the retry gets a 500, never another answer.
@@ -96,6 +95,7 @@ async fn a_replay_after_the_secret_key_rotated_opens_with_the_previous_key() {
     assert_eq!(SecretBox::new(&new_key).open(&sealed).unwrap(), after.body.as_ref());
     c.stop().await;
 }
+
 #[tokio::test]
 async fn reply_timeout_answers_202_and_the_command_still_completes() {
     // No worker at first: the command waits in its queue and the gateway gives up waiting.

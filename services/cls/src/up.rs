@@ -165,7 +165,7 @@ pub fn default_query_socket(settings: &Settings) -> Option<PathBuf> {
         return None;
     }
     let path = std::env::temp_dir().join(format!("cls-{}-query-{}.sock", settings.namespace, settings.query_addr.port()));
-    (path.as_os_str().len() <= 107).then_some(path)
+    (path.as_os_str().len() <= cls_runtime::settings::MAX_SOCKET_PATH).then_some(path)
 }
 
 /// Runs the cluster until `shutdown`, then stops it. Exits cleanly (Ok) on a signal; fails if

@@ -67,6 +67,10 @@ fn same_prefix(a: u128, b: u128, bits: u8, prefix: u8) -> bool {
     prefix == 0 || (a ^ b) >> (bits - prefix) == 0
 }
 
+/// The longest path a Unix socket can be bound to: `sun_path` holds 108 bytes, the terminating
+/// NUL included.
+pub const MAX_SOCKET_PATH: usize = 107;
+
 /// Which CLS process this is; picks defaults such as the ops port and names connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServiceKind {
@@ -272,9 +276,8 @@ impl Settings {
             s.query_url = v.trim_end_matches('/').to_owned();
         }
         if let Some(v) = get("CLS_QUERY_SOCKET") {
-            // sun_path holds 108 bytes, the terminating NUL included.
-            if v.len() > 107 {
-                bail!("CLS_QUERY_SOCKET must be a path of at most 107 bytes");
+            if v.len() > MAX_SOCKET_PATH {
+                bail!("CLS_QUERY_SOCKET must be a path of at most {MAX_SOCKET_PATH} bytes");
             }
             s.query_socket = Some(PathBuf::from(v));
         }
@@ -419,7 +422,7 @@ mod tests {
         let with = |v: String| Settings::from_lookup(ServiceKind::Gateway, env(&[SECRETS[0], SECRETS[1], ("CLS_QUERY_SOCKET", &v)]));
         assert_eq!(Settings::from_lookup(ServiceKind::Gateway, env(&SECRETS)).unwrap().query_socket, None);
         assert_eq!(with("/run/cls/query.sock".into()).unwrap().query_socket, Some(PathBuf::from("/run/cls/query.sock")));
-        assert!(with(format!("/{}", "x".repeat(107))).unwrap_err().to_string().contains("CLS_QUERY_SOCKET"));
+        assert!(with(format!("/{}", "x".repeat(MAX_SOCKET_PATH))).unwrap_err().to_string().contains("CLS_QUERY_SOCKET"));
     }
 
     #[test]
